@@ -1,0 +1,7 @@
+#![doc = "tether"]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![allow(dead_code)]
+
+mod loom;
+mod park;
+mod ring;
