@@ -4,4 +4,4 @@
 
 mod loom;
 mod park;
-mod ring;
+pub mod ring;

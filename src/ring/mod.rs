@@ -1,4 +1,5 @@
-//! The lock-free structures shared between threads, and the only home of `unsafe` code.
+//! The lock-free rings, public because they are useful on their own, and the crate-private
+//! structures shared between threads, and the only home of `unsafe` code.
 //!
 //! - [`mpsc`]: the shard inbox, any thread to one worker (Vyukov's bounded queue).
 //! - [`spsc`]: the ring under a session's outbox, one worker to one session (Lamport's queue).
@@ -8,8 +9,33 @@
 //!
 //! Each one is model-checked with loom (`RUSTFLAGS="--cfg loom" cargo test --release --lib loom`).
 
-pub(crate) mod mpsc;
+pub mod mpsc;
 pub(crate) mod outbox;
 pub(crate) mod signal;
-pub(crate) mod spsc;
+pub mod spsc;
 pub(crate) mod waker;
+
+/// A push into a full ring: the value, handed back untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full<T>(pub T);
+
+impl<T> Full<T> {
+    /// The value that did not fit.
+    ///
+    /// ```
+    /// let (mut tx, _rx) = tether::ring::spsc::channel::<&str>(1);
+    /// tx.push("first").unwrap();
+    /// assert_eq!(tx.push("second").unwrap_err().into_inner(), "second");
+    /// ```
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::fmt::Display for Full<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ring is full")
+    }
+}
+
+impl<T: std::fmt::Debug> std::error::Error for Full<T> {}

@@ -20,6 +20,7 @@ use std::mem::MaybeUninit;
 
 use crossbeam_utils::CachePadded;
 
+use super::Full;
 use crate::loom::{spin_loop, Arc, AtomicUsize, Ordering, UnsafeCell};
 
 struct Slot<T> {
@@ -43,7 +44,20 @@ unsafe impl<T: Send> Sync for Ring<T> {}
 
 /// Creates a ring with room for at least `capacity` values (rounded up to a power of two,
 /// minimum 2). Returns the cloneable sending side and the single receiving side.
-pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+///
+/// ```
+/// use tether::ring::mpsc;
+///
+/// let (tx, mut rx) = mpsc::channel::<u32>(2);
+/// let tx2 = tx.clone();
+/// std::thread::spawn(move || tx2.push(1).unwrap()).join().unwrap();
+/// tx.push(2).unwrap();
+/// assert_eq!(tx.push(3).unwrap_err().into_inner(), 3); // full: the value comes back
+/// assert_eq!(rx.pop(), Some(1));
+/// assert_eq!(rx.pop(), Some(2));
+/// assert_eq!(rx.pop(), None);
+/// ```
+pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let capacity = capacity.max(2).next_power_of_two();
     let slots = (0..capacity)
         .map(|i| Slot {
@@ -60,8 +74,8 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     (Sender { ring: ring.clone() }, Receiver { ring, head: 0 })
 }
 
-/// The producing side; clone it freely, use it from any thread.
-pub(crate) struct Sender<T> {
+/// The producing side; clone it freely, use it from any thread. See [`channel`].
+pub struct Sender<T> {
     ring: Arc<Ring<T>>,
 }
 
@@ -74,8 +88,8 @@ impl<T> Clone for Sender<T> {
 }
 
 impl<T> Sender<T> {
-    /// Pushes `value`, or hands it back if the ring is full.
-    pub(crate) fn push(&self, value: T) -> Result<(), T> {
+    /// Pushes `value`, or hands it back in [`Full`] if the ring is full. Never blocks.
+    pub fn push(&self, value: T) -> Result<(), Full<T>> {
         let ring = &*self.ring;
         let mut tail = ring.tail.load(Ordering::Relaxed);
         loop {
@@ -108,7 +122,7 @@ impl<T> Sender<T> {
                 // has moved on since we read `tail`.
                 let now = ring.tail.load(Ordering::Relaxed);
                 if now == tail {
-                    return Err(value);
+                    return Err(Full(value));
                 }
                 tail = now;
             } else {
@@ -120,27 +134,32 @@ impl<T> Sender<T> {
     }
 
     /// Number of values in the ring, approximate while other threads push or pop.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         let tail = self.ring.tail.load(Ordering::Relaxed);
         let head = self.ring.head.load(Ordering::Relaxed);
         tail.wrapping_sub(head).min(self.capacity())
     }
 
+    /// True if [`len`](Self::len) is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Number of slots.
-    pub(crate) fn capacity(&self) -> usize {
+    pub fn capacity(&self) -> usize {
         self.ring.mask + 1
     }
 }
 
-/// The consuming side; exactly one exists per ring.
-pub(crate) struct Receiver<T> {
+/// The consuming side; exactly one exists per ring. See [`channel`].
+pub struct Receiver<T> {
     ring: Arc<Ring<T>>,
     head: usize,
 }
 
 impl<T> Receiver<T> {
-    /// Takes the oldest value, if one is published.
-    pub(crate) fn pop(&mut self) -> Option<T> {
+    /// Takes the oldest value, if one is published. Never blocks.
+    pub fn pop(&mut self) -> Option<T> {
         let ring = &*self.ring;
         let slot = &ring.slots[self.head & ring.mask];
         // Acquire: pairs with the producer's Release stamp store, making its value visible.
@@ -161,7 +180,7 @@ impl<T> Receiver<T> {
 
     /// True if no value is published at the head. A producer that has claimed a slot but not
     /// yet published it counts as empty; it will wake the consumer after publishing.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         let slot = &self.ring.slots[self.head & self.ring.mask];
         // Acquire, like `pop`; the park handshake orders this load with its own fence.
         slot.stamp.load(Ordering::Acquire) != self.head.wrapping_add(1)
@@ -196,7 +215,7 @@ mod tests {
         for i in 0..4 {
             tx.push(i).unwrap();
         }
-        assert_eq!(tx.push(9), Err(9));
+        assert_eq!(tx.push(9), Err(Full(9)));
         assert_eq!(tx.len(), 4);
         assert_eq!(rx.pop(), Some(0));
         tx.push(4).unwrap();
@@ -226,7 +245,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..PER {
                         let mut v = (p << 32) | i;
-                        while let Err(back) = tx.push(v) {
+                        while let Err(Full(back)) = tx.push(v) {
                             v = back;
                             std::thread::yield_now();
                         }

@@ -11,8 +11,8 @@
 
 use std::task::{Context, Poll};
 
-use super::spsc;
 use super::waker::AtomicWaker;
+use super::{spsc, Full};
 use crate::loom::{Arc, AtomicU8, Ordering};
 
 struct Shared {
@@ -45,7 +45,7 @@ pub(crate) struct OutboxSender<T> {
 impl<T> OutboxSender<T> {
     /// Appends a value without waking the session; call [`notify`](Self::notify) after a batch.
     pub(crate) fn push(&mut self, value: T) -> Result<(), T> {
-        self.ring.push(value)
+        self.ring.push(value).map_err(Full::into_inner)
     }
 
     /// Wakes the session's task if it waits.

@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 
 use crossbeam_utils::CachePadded;
 
+use super::Full;
 use crate::loom::{Arc, AtomicUsize, Ordering, UnsafeCell};
 
 struct Ring<T> {
@@ -30,7 +31,22 @@ unsafe impl<T: Send> Send for Ring<T> {}
 unsafe impl<T: Send> Sync for Ring<T> {}
 
 /// Creates a ring with room for at least `capacity` values (rounded up to a power of two).
-pub(crate) fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
+///
+/// ```
+/// use tether::ring::spsc;
+///
+/// let (mut tx, mut rx) = spsc::channel::<u32>(4);
+/// let producer = std::thread::spawn(move || {
+///     for i in 0..4 {
+///         tx.push(i).unwrap();
+///     }
+/// });
+/// producer.join().unwrap();
+/// let mut batch = Vec::new();
+/// assert_eq!(rx.drain_into(&mut batch, 10), 4);
+/// assert_eq!(batch, [0, 1, 2, 3]);
+/// ```
+pub fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     let capacity = capacity.max(1).next_power_of_two();
     let ring = Arc::new(Ring {
         head: CachePadded::new(AtomicUsize::new(0)),
@@ -54,22 +70,22 @@ pub(crate) fn channel<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     )
 }
 
-/// The writing side, owned by the shard worker.
-pub(crate) struct Producer<T> {
+/// The writing side (a session outbox's is owned by the shard worker). See [`channel`].
+pub struct Producer<T> {
     ring: Arc<Ring<T>>,
     tail: usize,
     cached_head: usize,
 }
 
 impl<T> Producer<T> {
-    /// Appends `value`, or hands it back if the ring is full.
-    pub(crate) fn push(&mut self, value: T) -> Result<(), T> {
+    /// Appends `value`, or hands it back in [`Full`] if the ring is full. Never blocks.
+    pub fn push(&mut self, value: T) -> Result<(), Full<T>> {
         let capacity = self.ring.mask + 1;
         if self.tail.wrapping_sub(self.cached_head) == capacity {
             // Acquire: the consumer's reads of the slots before `head` happen before we reuse them.
             self.cached_head = self.ring.head.load(Ordering::Acquire);
             if self.tail.wrapping_sub(self.cached_head) == capacity {
-                return Err(value);
+                return Err(Full(value));
             }
         }
         let slot = &self.ring.slots[self.tail & self.ring.mask];
@@ -83,21 +99,21 @@ impl<T> Producer<T> {
     }
 
     /// Number of slots.
-    pub(crate) fn capacity(&self) -> usize {
+    pub fn capacity(&self) -> usize {
         self.ring.mask + 1
     }
 }
 
-/// The reading side, owned by the session.
-pub(crate) struct Consumer<T> {
+/// The reading side (a session outbox's is owned by the session). See [`channel`].
+pub struct Consumer<T> {
     ring: Arc<Ring<T>>,
     head: usize,
     cached_tail: usize,
 }
 
 impl<T> Consumer<T> {
-    /// Takes the oldest value, if any.
-    pub(crate) fn pop(&mut self) -> Option<T> {
+    /// Takes the oldest value, if any. Never blocks.
+    pub fn pop(&mut self) -> Option<T> {
         if self.available() == 0 {
             return None;
         }
@@ -106,8 +122,9 @@ impl<T> Consumer<T> {
         Some(value)
     }
 
-    /// Moves up to `max` values into `out` with one index load and one index store.
-    pub(crate) fn drain_into(&mut self, out: &mut Vec<T>, max: usize) -> usize {
+    /// Moves up to `max` values into `out` with one index load and one index store; returns
+    /// how many it moved.
+    pub fn drain_into(&mut self, out: &mut Vec<T>, max: usize) -> usize {
         let n = self.available().min(max);
         out.reserve(n);
         for _ in 0..n {
@@ -170,7 +187,7 @@ mod tests {
         for i in 0..4 {
             tx.push(i).unwrap();
         }
-        assert_eq!(tx.push(4), Err(4));
+        assert_eq!(tx.push(4), Err(Full(4)));
         let mut out = Vec::new();
         assert_eq!(rx.drain_into(&mut out, 3), 3);
         assert_eq!(out, vec![0, 1, 2]);
@@ -198,7 +215,7 @@ mod tests {
         let producer = std::thread::spawn(move || {
             for i in 0..200_000u64 {
                 let mut v = i;
-                while let Err(back) = tx.push(v) {
+                while let Err(Full(back)) = tx.push(v) {
                     v = back;
                     std::thread::yield_now();
                 }
