@@ -2,8 +2,8 @@
 //!
 //! Every atomic, `Arc`, `UnsafeCell` and thread primitive that is shared between threads is
 //! imported from here, so that `RUSTFLAGS="--cfg loom"` swaps in loom's model-checked versions
-//! (the layout of tokio's `src/loom/mod.rs`). Capacities that loom would otherwise explore
-//! exhaustively are shrunk with [`loom_or`].
+//! (the layout of tokio's `src/loom/mod.rs`). Loom models build their rings with two slots,
+//! which keeps them exhaustive and fast.
 
 #[cfg(loom)]
 pub(crate) use loom::{
@@ -58,15 +58,4 @@ pub(crate) fn park_timeout(timeout: std::time::Duration) {
     }
     #[cfg(not(loom))]
     thread::park_timeout(timeout);
-}
-
-/// `normal` in real builds, `under_loom` when model checking, where every slot multiplies the
-/// state space.
-#[inline(always)]
-pub(crate) const fn loom_or(normal: usize, under_loom: usize) -> usize {
-    if cfg!(loom) {
-        under_loom
-    } else {
-        normal
-    }
 }

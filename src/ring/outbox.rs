@@ -48,11 +48,6 @@ impl<T> OutboxSender<T> {
         self.ring.push(value).map_err(Full::into_inner)
     }
 
-    /// Wakes the session's task if it waits.
-    pub(crate) fn notify(&self) {
-        self.shared.waker.wake();
-    }
-
     /// Ends the session with `code` (non-zero) and wakes it. The first end wins.
     pub(crate) fn end(&self, code: u8) {
         debug_assert_ne!(code, 0);
@@ -64,9 +59,18 @@ impl<T> OutboxSender<T> {
         self.shared.waker.wake();
     }
 
-    /// Number of slots.
-    pub(crate) fn capacity(&self) -> usize {
-        self.ring.capacity()
+    /// A handle that can wake the session later, after a batch of pushes.
+    pub(crate) fn notifier(&self) -> OutboxNotifier {
+        OutboxNotifier(self.shared.clone())
+    }
+}
+
+/// Wakes an outbox's session; see [`OutboxSender::notifier`].
+pub(crate) struct OutboxNotifier(Arc<Shared>);
+
+impl OutboxNotifier {
+    pub(crate) fn notify(&self) {
+        self.0.waker.wake();
     }
 }
 
@@ -162,10 +166,11 @@ mod loom_outbox {
         loom::model(|| {
             let (mut tx, mut rx) = channel::<u32>(2);
             let worker = thread::spawn(move || {
+                let notifier = tx.notifier();
                 tx.push(1).unwrap();
-                tx.notify();
+                notifier.notify();
                 tx.push(2).unwrap();
-                tx.notify();
+                notifier.notify();
                 tx.end(7);
             });
             let mut got = Vec::new();
@@ -188,7 +193,7 @@ mod loom_outbox {
             let (mut tx, mut rx) = channel::<u32>(1);
             let worker = thread::spawn(move || {
                 tx.push(5).unwrap();
-                tx.notify();
+                tx.notifier().notify();
             });
             // First poll with one waker, then block with another: the notify must hit the
             // one registered last or be seen by the re-check.

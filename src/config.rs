@@ -1,0 +1,296 @@
+//! Engine settings: a builder whose every setter documents its default, validated by `build`.
+
+use std::num::NonZeroUsize;
+
+use crate::error::ConfigError;
+use crate::Engine;
+
+/// What a full mailbox does with one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// Evict the oldest message of the least urgent non-empty band that is no more urgent than
+    /// the new message; if every queued message is more urgent, drop the new one. A flood of
+    /// Low therefore never pushes out a Critical. The default.
+    #[default]
+    DropOldest,
+    /// Drop the new message (it is listed in the user's missed manifest).
+    DropNewest,
+    /// Refuse the new message ([`RejectReason::MailboxFull`](crate::RejectReason::MailboxFull)).
+    Reject,
+}
+
+/// Caps on what one user's mailbox holds while waiting for delivery (the backlog, not counting
+/// the messages in the delivery window).
+///
+/// ```
+/// use tether::{OverflowPolicy, UserLimits};
+///
+/// let small = UserLimits { max_messages: 3, max_bytes: 1024, overflow: OverflowPolicy::Reject };
+/// assert_eq!(UserLimits::default().max_messages, 1000);
+/// # let _ = small;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Most messages queued per user. Default 1000.
+    pub max_messages: usize,
+    /// Most payload bytes queued per user. Default 1 MiB.
+    pub max_bytes: usize,
+    /// What happens at either cap. Default [`OverflowPolicy::DropOldest`].
+    pub overflow: OverflowPolicy,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        Self {
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+            overflow: OverflowPolicy::DropOldest,
+        }
+    }
+}
+
+/// Fractions of the memory budget at which the engine starts refusing each priority.
+///
+/// A message of priority P is refused when the bytes held would exceed `fraction(P) * budget`.
+/// Critical's fraction is always 1.0: it is refused only when the budget itself would be
+/// exceeded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShedThresholds {
+    /// Default 0.60.
+    pub low: f64,
+    /// Default 0.80.
+    pub normal: f64,
+    /// Default 0.95.
+    pub high: f64,
+}
+
+impl Default for ShedThresholds {
+    fn default() -> Self {
+        Self {
+            low: 0.60,
+            normal: 0.80,
+            high: 0.95,
+        }
+    }
+}
+
+/// The validated settings an engine runs with. See [`EngineBuilder`] for each default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) shards: usize,
+    pub(crate) inbox_capacity: usize,
+    pub(crate) window: usize,
+    pub(crate) max_payload_bytes: usize,
+    pub(crate) max_user_id_len: usize,
+    pub(crate) max_message_id_len: usize,
+    pub(crate) user_limits: UserLimits,
+    pub(crate) memory_budget_bytes: u64,
+    pub(crate) shed: ShedThresholds,
+    pub(crate) max_users: usize,
+    pub(crate) missed_ids: usize,
+}
+
+impl Config {
+    /// Number of shards (worker threads).
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+    /// Most messages in flight (delivered, unacknowledged) per user.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+    /// Per-user caps applied when a user has no override.
+    pub fn user_limits(&self) -> UserLimits {
+        self.user_limits
+    }
+    /// Engine-wide budget for held payload bytes.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.memory_budget_bytes
+    }
+    /// Largest payload accepted by a send.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+}
+
+/// Builds an [`Engine`].
+///
+/// ```
+/// use tether::{Engine, UserLimits, OverflowPolicy};
+///
+/// let engine = Engine::builder()
+///     .shards(2)
+///     .window(256)
+///     .user_limits(UserLimits { max_messages: 100, max_bytes: 64 * 1024, overflow: OverflowPolicy::DropOldest })
+///     .memory_budget_bytes(64 << 20)
+///     .build()
+///     .unwrap();
+/// assert_eq!(engine.config().shards(), 2);
+///
+/// assert!(Engine::builder().window(0).build().is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    config: Config,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        let shards = std::thread::available_parallelism()
+            .map(NonZeroUsize::get)
+            .unwrap_or(1);
+        Self {
+            config: Config {
+                shards,
+                inbox_capacity: 16 * 1024,
+                window: 1024,
+                max_payload_bytes: 1 << 20,
+                max_user_id_len: 256,
+                max_message_id_len: 256,
+                user_limits: UserLimits::default(),
+                memory_budget_bytes: 1 << 30,
+                shed: ShedThresholds::default(),
+                max_users: 10_000_000,
+                missed_ids: 100,
+            },
+        }
+    }
+}
+
+/// Upper bounds that keep sizes sane (a typo should fail `build`, not allocate terabytes).
+const MAX_SHARDS: usize = 1024;
+const MAX_INBOX: usize = 1 << 24;
+const MAX_WINDOW: usize = 1 << 20;
+
+impl EngineBuilder {
+    /// Number of shards, each one worker thread owning the mailboxes of the users hashed to
+    /// it. Default: the machine's available parallelism. Range 1..=1024.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.config.shards = n;
+        self
+    }
+
+    /// Commands each shard's inbox ring holds before senders see back-pressure (rounded up to
+    /// a power of two). Default 16384. Range 2..=16M.
+    pub fn inbox_capacity(mut self, n: usize) -> Self {
+        self.config.inbox_capacity = n;
+        self
+    }
+
+    /// Most messages in flight (delivered but not acknowledged) per user; the rest wait in
+    /// their bands. Default 1024. Range 1..=1M.
+    pub fn window(mut self, n: usize) -> Self {
+        self.config.window = n;
+        self
+    }
+
+    /// Largest payload a send accepts; larger ones are refused at the call with
+    /// [`InvalidInput::PayloadTooLarge`](crate::InvalidInput::PayloadTooLarge). Default 1 MiB.
+    pub fn max_payload_bytes(mut self, n: usize) -> Self {
+        self.config.max_payload_bytes = n;
+        self
+    }
+
+    /// Longest user id, in bytes. Default 256. At least 1.
+    pub fn max_user_id_len(mut self, n: usize) -> Self {
+        self.config.max_user_id_len = n;
+        self
+    }
+
+    /// Longest message id, in bytes. Default 256. At least 1.
+    pub fn max_message_id_len(mut self, n: usize) -> Self {
+        self.config.max_message_id_len = n;
+        self
+    }
+
+    /// Per-user caps for users without an override (see
+    /// [`Engine::set_user_limits`](crate::Engine::set_user_limits)). Default
+    /// [`UserLimits::default`]: 1000 messages, 1 MiB, DropOldest. Both caps at least 1.
+    pub fn user_limits(mut self, limits: UserLimits) -> Self {
+        self.config.user_limits = limits;
+        self
+    }
+
+    /// Engine-wide budget for payload bytes held (queued and in flight). Default 1 GiB.
+    /// At least 1.
+    pub fn memory_budget_bytes(mut self, n: u64) -> Self {
+        self.config.memory_budget_bytes = n;
+        self
+    }
+
+    /// Where shedding starts for each priority. Default [`ShedThresholds::default`]; each
+    /// fraction in (0, 1] and `low <= normal <= high`.
+    pub fn shed_thresholds(mut self, t: ShedThresholds) -> Self {
+        self.config.shed = t;
+        self
+    }
+
+    /// Most mailboxes the engine keeps (split evenly across shards); a send that would create
+    /// one more is rejected with [`RejectReason::TooManyUsers`](crate::RejectReason::TooManyUsers).
+    /// Default 10,000,000. At least 1.
+    pub fn max_users(mut self, n: usize) -> Self {
+        self.config.max_users = n;
+        self
+    }
+
+    /// How many ids of dropped messages a missed manifest keeps (the most recent). Default 100.
+    pub fn missed_ids(mut self, n: usize) -> Self {
+        self.config.missed_ids = n;
+        self
+    }
+
+    /// Checks the settings and starts the shard workers.
+    pub fn build(self) -> Result<Engine, ConfigError> {
+        let c = self.validate()?;
+        Engine::start(c)
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        let c = self.config;
+        let range = |name: &'static str, value: usize, min: usize, max: usize| {
+            if value < min || value > max {
+                Err(ConfigError::OutOfRange {
+                    setting: name,
+                    value: value as u64,
+                    min: min as u64,
+                    max: max as u64,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        range("shards", c.shards, 1, MAX_SHARDS)?;
+        range("inbox_capacity", c.inbox_capacity, 2, MAX_INBOX)?;
+        range("window", c.window, 1, MAX_WINDOW)?;
+        range("max_payload_bytes", c.max_payload_bytes, 1, usize::MAX)?;
+        range("max_user_id_len", c.max_user_id_len, 1, usize::MAX)?;
+        range("max_message_id_len", c.max_message_id_len, 1, usize::MAX)?;
+        range(
+            "user_limits.max_messages",
+            c.user_limits.max_messages,
+            1,
+            usize::MAX,
+        )?;
+        range(
+            "user_limits.max_bytes",
+            c.user_limits.max_bytes,
+            1,
+            usize::MAX,
+        )?;
+        range("max_users", c.max_users, 1, usize::MAX)?;
+        if c.memory_budget_bytes == 0 {
+            return Err(ConfigError::OutOfRange {
+                setting: "memory_budget_bytes",
+                value: 0,
+                min: 1,
+                max: u64::MAX,
+            });
+        }
+        let t = c.shed;
+        let ok = |f: f64| f > 0.0 && f <= 1.0;
+        if !(ok(t.low) && ok(t.normal) && ok(t.high) && t.low <= t.normal && t.normal <= t.high) {
+            return Err(ConfigError::ShedThresholds(t));
+        }
+        Ok(c)
+    }
+}

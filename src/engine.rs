@@ -1,0 +1,343 @@
+//! The `Engine` handle: validates input, routes each user to its shard, and starts and stops
+//! the shard workers.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use crate::budget::Budget;
+use crate::config::{Config, EngineBuilder, UserLimits};
+use crate::error::{ConfigError, ConnectError, InvalidInput, SendError, TrySendError};
+use crate::loom::{thread, Arc, AtomicBool, Ordering};
+use crate::message::{Message, SendOutcome, UserId};
+use crate::ring::{mpsc, outbox, Full};
+use crate::session::{ResumePoint, Session, SessionShared};
+use crate::shard::{Command, ConnectRequest, ShardShared, Worker};
+
+/// The messaging engine. Cheap to clone; every clone is a handle to the same shards. The
+/// workers stop when the last handle is dropped.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use tether::{Engine, Message, Priority, SendOutcome, UserId};
+///
+/// let engine = Engine::builder().shards(2).build().unwrap();
+/// let carol = UserId::new("carol").unwrap();
+///
+/// // Carol is away: messages wait in her mailbox.
+/// let outcome = engine.send_confirmed(&carol, Message::new("later")).await.unwrap();
+/// assert_eq!(outcome, SendOutcome::Queued { evicted: 0 });
+/// engine.send(&carol, Message::new("urgent").with_priority(Priority::Critical)).await.unwrap();
+///
+/// // She connects: the most urgent first.
+/// let mut session = engine.connect(&carol, None).await.unwrap();
+/// assert_eq!(&session.recv().await.unwrap().payload()[..], b"urgent");
+/// assert_eq!(&session.recv().await.unwrap().payload()[..], b"later");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    shards: Box<[Arc<ShardShared>]>,
+    budget: Arc<Budget>,
+    workers: Mutex<Vec<thread::JoinHandle<()>>>,
+    closing: AtomicBool,
+}
+
+impl Engine {
+    /// A builder with every default (see [`EngineBuilder`]).
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    pub(crate) fn start(config: Config) -> Result<Engine, ConfigError> {
+        let config = Arc::new(config);
+        let budget = Budget::new(config.memory_budget_bytes, config.shed, config.shards);
+        let seeds = ahash::RandomState::new();
+        let mut shards = Vec::with_capacity(config.shards);
+        let mut workers = Vec::with_capacity(config.shards);
+        for i in 0..config.shards {
+            let (tx, rx) = mpsc::channel(config.inbox_capacity);
+            let shard = Arc::new(ShardShared::new(tx));
+            let worker = Worker::new(
+                shard.clone(),
+                rx,
+                config.clone(),
+                budget.view(i),
+                seeds.hash_one(i),
+            );
+            let spawned = thread::Builder::new()
+                .name(format!("tether-shard-{i}"))
+                .spawn(move || worker.run());
+            match spawned {
+                Ok(handle) => {
+                    shard.set_worker(handle.thread().clone());
+                    workers.push(handle);
+                    shards.push(shard);
+                }
+                Err(e) => {
+                    for s in &shards {
+                        s.stop();
+                    }
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(ConfigError::Spawn(e.to_string()));
+                }
+            }
+        }
+        Ok(Engine {
+            inner: std::sync::Arc::new(Inner {
+                config,
+                shards: shards.into_boxed_slice(),
+                budget,
+                workers: Mutex::new(workers),
+                closing: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The settings the engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Payload bytes the engine holds (queued and in flight), as last published by the shards.
+    pub fn memory_used(&self) -> u64 {
+        self.inner.budget.used()
+    }
+
+    /// The memory budget, in bytes.
+    pub fn memory_budget(&self) -> u64 {
+        self.inner.budget.limit()
+    }
+
+    fn shard(&self, user: &UserId) -> &Arc<ShardShared> {
+        &self.inner.shards[user.shard_of(self.inner.shards.len())]
+    }
+
+    fn check_user(&self, user: &UserId) -> Result<(), InvalidInput> {
+        let max = self.inner.config.max_user_id_len;
+        let len = user.as_str().len();
+        if len > max {
+            return Err(InvalidInput::UserIdTooLong { len, max });
+        }
+        Ok(())
+    }
+
+    fn check(&self, user: &UserId, message: &Message) -> Result<(), InvalidInput> {
+        self.check_user(user)?;
+        let c = &self.inner.config;
+        let len = message.payload().len();
+        if len > c.max_payload_bytes {
+            return Err(InvalidInput::PayloadTooLarge {
+                len,
+                max: c.max_payload_bytes,
+            });
+        }
+        if let Some(id) = message.id() {
+            let len = id.as_str().len();
+            if len == 0 {
+                return Err(InvalidInput::EmptyMessageId);
+            }
+            if len > c.max_message_id_len {
+                return Err(InvalidInput::MessageIdTooLong {
+                    len,
+                    max: c.max_message_id_len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
+    }
+
+    /// Sends without waiting and without confirmation (fire and forget). The outcome is still
+    /// decided and counted by the shard. A full shard inbox is back-pressure:
+    /// [`TrySendError::Full`] hands the message back.
+    ///
+    /// ```
+    /// use tether::{Engine, Message, TrySendError, UserId};
+    ///
+    /// let engine = Engine::builder().shards(1).max_payload_bytes(4).build().unwrap();
+    /// let dave = UserId::new("dave").unwrap();
+    /// engine.try_send(&dave, Message::new("ok")).unwrap();
+    /// match engine.try_send(&dave, Message::new("too long")) {
+    ///     Err(TrySendError::Invalid { message, .. }) => assert_eq!(&message.payload()[..], b"too long"),
+    ///     _ => unreachable!(),
+    /// }
+    /// ```
+    pub fn try_send(&self, user: &UserId, message: Message) -> Result<(), TrySendError> {
+        if self.is_closing() {
+            return Err(TrySendError::ShuttingDown(message));
+        }
+        if let Err(error) = self.check(user, &message) {
+            return Err(TrySendError::Invalid { error, message });
+        }
+        let cmd = Command::Send {
+            user: user.clone(),
+            message,
+            reply: None,
+        };
+        self.shard(user).push(cmd).map_err(|Full(cmd)| {
+            TrySendError::Full(cmd.into_message().expect("a Send comes back as a Send"))
+        })
+    }
+
+    /// Sends, waiting while the shard's inbox is full, without confirmation.
+    pub async fn send(&self, user: &UserId, message: Message) -> Result<(), SendError> {
+        self.submit_send(user, message, None).await
+    }
+
+    /// Sends and waits for the outcome: delivered, queued (with evictions), duplicate or
+    /// rejected with a reason.
+    pub async fn send_confirmed(
+        &self,
+        user: &UserId,
+        message: Message,
+    ) -> Result<SendOutcome, SendError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit_send(user, message, Some(tx)).await?;
+        rx.await.map_err(|_| SendError::Unconfirmed)
+    }
+
+    /// [`send`](Self::send) for threads outside an async runtime: blocks the thread while the
+    /// inbox is full. Do not call it from async code.
+    pub fn send_blocking(&self, user: &UserId, message: Message) -> Result<(), SendError> {
+        block_on(self.send(user, message))
+    }
+
+    async fn submit_send(
+        &self,
+        user: &UserId,
+        message: Message,
+        reply: Option<oneshot::Sender<SendOutcome>>,
+    ) -> Result<(), SendError> {
+        if self.is_closing() {
+            return Err(SendError::ShuttingDown(message));
+        }
+        if let Err(error) = self.check(user, &message) {
+            return Err(SendError::Invalid { error, message });
+        }
+        let cmd = Command::Send {
+            user: user.clone(),
+            message,
+            reply,
+        };
+        self.shard(user).push_wait(cmd).await.map_err(|cmd| {
+            SendError::ShuttingDown(cmd.into_message().expect("a Send comes back as a Send"))
+        })
+    }
+
+    /// Connects `user`, replacing any live session of theirs (which ends with
+    /// [`EndReason::Replaced`](crate::EndReason::Replaced)). With a resume point from the same
+    /// epoch, deliveries the client already received are not sent again.
+    pub async fn connect(
+        &self,
+        user: &UserId,
+        resume: Option<ResumePoint>,
+    ) -> Result<Session, ConnectError> {
+        if self.is_closing() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        self.check_user(user)?;
+        let shard = self.shard(user).clone();
+        let (outbox_tx, outbox_rx) = outbox::channel(self.inner.config.window);
+        let shared = Arc::new(SessionShared::new(user.clone()));
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let mut session = Session::new(user.clone(), outbox_rx, shared.clone(), shard.clone());
+        let cmd = Command::Connect(Box::new(ConnectRequest {
+            user: user.clone(),
+            resume,
+            outbox: outbox_tx,
+            shared,
+            reply: reply_tx,
+        }));
+        shard
+            .push_wait(cmd)
+            .await
+            .map_err(|_| ConnectError::ShuttingDown)?;
+        // From here a dropped future (or session) tells the worker to detach it.
+        session.attached(crate::session::ConnectInfo {
+            epoch: crate::session::Epoch(0),
+            recovered: false,
+            redelivered: 0,
+            pending: 0,
+            missed: Default::default(),
+        });
+        match reply_rx.await {
+            Ok(Ok(info)) => {
+                session.attached(info);
+                Ok(session)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ConnectError::ShuttingDown),
+        }
+    }
+
+    /// Overrides the mailbox caps for one user (`None` restores the engine default). Applies
+    /// to messages sent after it; a user without a mailbox yet gets one.
+    pub async fn set_user_limits(
+        &self,
+        user: &UserId,
+        limits: Option<UserLimits>,
+    ) -> Result<(), ConnectError> {
+        if self.is_closing() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        self.check_user(user)?;
+        let cmd = Command::SetLimits {
+            user: user.clone(),
+            limits,
+        };
+        self.shard(user)
+            .push_wait(cmd)
+            .await
+            .map_err(|_| ConnectError::ShuttingDown)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        for shard in self.shards.iter() {
+            shard.stop();
+        }
+        let workers = std::mem::take(self.workers.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Runs a future to completion on the current thread, parking between polls.
+fn block_on<F: Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let waker = Waker::from(std::sync::Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

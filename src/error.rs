@@ -1,0 +1,169 @@
+//! Error types, one per operation. A failed send hands the message back.
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::config::ShedThresholds;
+use crate::Message;
+
+/// Input the engine refuses at the call.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum InvalidInput {
+    /// User ids must not be empty.
+    #[error("user id is empty")]
+    EmptyUserId,
+    /// The user id is longer than the configured maximum.
+    #[error("user id is {len} bytes, more than the maximum of {max}")]
+    UserIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The payload is larger than the configured maximum.
+    #[error("payload is {len} bytes, more than the maximum of {max}")]
+    PayloadTooLarge {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The message id is empty.
+    #[error("message id is empty")]
+    EmptyMessageId,
+    /// The message id is longer than the configured maximum.
+    #[error("message id is {len} bytes, more than the maximum of {max}")]
+    MessageIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+/// Why [`Engine::try_send`](crate::Engine::try_send) did not take the message. The message is
+/// inside; [`into_inner`](Self::into_inner) gives it back.
+#[derive(Error)]
+pub enum TrySendError {
+    /// The shard's inbox is full: back-pressure. Retry later or use the async `send`.
+    #[error("the shard inbox is full")]
+    Full(Message),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown(Message),
+    /// The message or user id is invalid.
+    #[error("invalid input: {error}")]
+    Invalid {
+        /// What is wrong.
+        error: InvalidInput,
+        /// The message, untouched.
+        message: Message,
+    },
+}
+
+/// Why [`Engine::send`](crate::Engine::send) or
+/// [`send_confirmed`](crate::Engine::send_confirmed) did not take the message. The message is
+/// inside when the engine never accepted it.
+#[derive(Error)]
+pub enum SendError {
+    /// The engine is shutting down and did not accept the message.
+    #[error("the engine is shutting down")]
+    ShuttingDown(Message),
+    /// The message or user id is invalid.
+    #[error("invalid input: {error}")]
+    Invalid {
+        /// What is wrong.
+        error: InvalidInput,
+        /// The message, untouched.
+        message: Message,
+    },
+    /// The engine accepted the message but stopped before reporting its outcome (a confirmed
+    /// send racing with shutdown). The shutdown report accounts for it.
+    #[error("the engine stopped before confirming the outcome")]
+    Unconfirmed,
+}
+
+macro_rules! message_error_impls {
+    ($ty:ident { $($variant:ident),* }) => {
+        impl $ty {
+            /// The message, if the error holds it.
+            pub fn into_inner(self) -> Option<Message> {
+                match self {
+                    $( $ty::$variant(m) => Some(m), )*
+                    $ty::Invalid { message, .. } => Some(message),
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // The payload may be large or private: show the error, not the message.
+                write!(f, "{}::{}", stringify!($ty), self)
+            }
+        }
+    };
+}
+
+message_error_impls!(TrySendError { Full, ShuttingDown });
+message_error_impls!(SendError { ShuttingDown });
+
+/// Why [`Engine::connect`](crate::Engine::connect) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The user id is invalid.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InvalidInput),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The engine holds its maximum number of mailboxes and this user has none.
+    #[error("the engine holds its maximum number of users")]
+    TooManyUsers,
+}
+
+/// Why [`Session::ack`](crate::Session::ack) refused an acknowledgement. A refused ack changes
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AckError {
+    /// `seq` is beyond the last message this session received.
+    #[error("seq {seq} was never delivered to this session (last received: {last_received})")]
+    NotDelivered {
+        /// The seq acknowledged.
+        seq: u64,
+        /// The highest seq this session has received.
+        last_received: u64,
+    },
+    /// The session has ended; acknowledge from the new session instead.
+    #[error("the session has ended")]
+    Ended,
+}
+
+/// Why [`EngineBuilder::build`](crate::EngineBuilder::build) refused the settings.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A numeric setting is outside its range.
+    #[error("{setting} = {value} is outside {min}..={max}")]
+    OutOfRange {
+        /// The setting's name.
+        setting: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// Shed thresholds must be in (0, 1] and ordered low <= normal <= high.
+    #[error("shed thresholds {0:?} must be in (0, 1] with low <= normal <= high")]
+    ShedThresholds(ShedThresholds),
+    /// A worker thread could not be started.
+    #[error("could not start a shard worker: {0}")]
+    Spawn(String),
+}

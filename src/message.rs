@@ -1,0 +1,427 @@
+//! What flows through the engine: user ids, messages, priorities, deliveries and outcomes.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::InvalidInput;
+
+/// Who a message is for. Cheap to clone (a reference count), hashed once at creation.
+///
+/// The hash is seeded per process, so users cannot choose ids that collide in the shard maps.
+///
+/// ```
+/// use tether::UserId;
+///
+/// let alice = UserId::new("alice").unwrap();
+/// assert_eq!(alice.as_str(), "alice");
+/// assert!(UserId::new("").is_err());
+/// ```
+#[derive(Clone)]
+pub struct UserId {
+    hash: u64,
+    name: Arc<str>,
+}
+
+fn process_hasher() -> &'static ahash::RandomState {
+    static SEED: OnceLock<ahash::RandomState> = OnceLock::new();
+    SEED.get_or_init(ahash::RandomState::new)
+}
+
+impl UserId {
+    /// Makes a user id from any non-empty string. The engine also enforces its configured
+    /// maximum length (see [`EngineBuilder::max_user_id_len`](crate::EngineBuilder::max_user_id_len)).
+    pub fn new(name: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        let name = name.as_ref();
+        if name.is_empty() {
+            return Err(InvalidInput::EmptyUserId);
+        }
+        Ok(Self {
+            hash: process_hasher().hash_one(name),
+            name: Arc::from(name),
+        })
+    }
+
+    /// The id as given.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// Which of `n` shards owns this user: a multiply-shift over a remix of the hash, so that
+    /// it does not correlate with the hash bits the shard's map uses.
+    pub(crate) fn shard_of(&self, n: usize) -> usize {
+        let mixed = self
+            .hash
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+        ((mixed as u128 * n as u128) >> 64) as usize
+    }
+}
+
+impl PartialEq for UserId {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.name == other.name
+    }
+}
+
+impl Eq for UserId {}
+
+impl Hash for UserId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.name, f)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// A `Hasher` that passes through the `u64` that [`UserId`] already computed.
+#[derive(Default)]
+pub(crate) struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `UserId`; fold anything else in so the hasher stays total.
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8)) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Builds [`PrehashedHasher`]s for maps keyed by [`UserId`].
+pub(crate) type Prehashed = std::hash::BuildHasherDefault<PrehashedHasher>;
+
+/// A producer's idempotency key for a message; also reported in missed manifests.
+///
+/// ```
+/// let id = tether::MessageId::from("order-42");
+/// assert_eq!(id.as_str(), "order-42");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MessageId(Arc<str>);
+
+impl MessageId {
+    /// The id as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for MessageId {
+    fn from(s: &str) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl From<String> for MessageId {
+    fn from(s: String) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How urgent a message is. Delivery takes the most urgent band first; overload and shedding
+/// drop the least urgent first.
+///
+/// ```
+/// use tether::Priority;
+/// assert!(Priority::Critical < Priority::Low); // ordered most urgent first
+/// assert_eq!(Priority::default(), Priority::Normal);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(u8)]
+pub enum Priority {
+    /// Delivered before everything else, shed last.
+    Critical = 0,
+    /// Delivered before Normal and Low.
+    High = 1,
+    /// The default.
+    #[default]
+    Normal = 2,
+    /// Delivered last, evicted and shed first.
+    Low = 3,
+}
+
+impl Priority {
+    /// All priorities, most urgent first.
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+    ];
+
+    /// The band index: 0 for Critical through 3 for Low.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The lower-case name, as used in the wire protocol and in metrics labels.
+    ///
+    /// ```
+    /// assert_eq!(tether::Priority::High.as_str(), "high");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+/// Marks a message as one part of a stream (semantics arrive with resumable streams).
+///
+/// ```
+/// let part = tether::StreamPart::new("answer-7", 0, false);
+/// assert_eq!(part.index(), 0);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPart {
+    stream: Arc<str>,
+    index: u32,
+    last: bool,
+}
+
+impl StreamPart {
+    /// Part `index` (from 0) of stream `stream`; `last` marks the final part.
+    pub fn new(stream: impl AsRef<str>, index: u32, last: bool) -> Self {
+        Self {
+            stream: Arc::from(stream.as_ref()),
+            index,
+            last,
+        }
+    }
+    /// The stream's id.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+    /// The part's index, from 0.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+    /// True for the final part.
+    pub fn is_last(&self) -> bool {
+        self.last
+    }
+}
+
+/// A message to a user: a payload that is never copied, a priority, and optional id, TTL and
+/// stream part.
+///
+/// ```
+/// use std::time::Duration;
+/// use tether::{Message, Priority};
+///
+/// let m = Message::new("hello")
+///     .with_priority(Priority::High)
+///     .with_id("greeting-1")
+///     .with_ttl(Duration::from_secs(30));
+/// assert_eq!(&m.payload()[..], b"hello");
+/// assert_eq!(m.priority(), Priority::High);
+/// assert_eq!(m.id().unwrap().as_str(), "greeting-1");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Message {
+    payload: Bytes,
+    priority: Priority,
+    id: Option<MessageId>,
+    ttl: Option<Duration>,
+    stream: Option<Box<StreamPart>>,
+}
+
+impl Message {
+    /// A Normal-priority message with no id, TTL or stream part.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self {
+            payload: payload.into(),
+            priority: Priority::Normal,
+            id: None,
+            ttl: None,
+            stream: None,
+        }
+    }
+
+    /// Sets the priority.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn with_id(mut self, id: impl Into<MessageId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Sets how long the message may wait for delivery (enforced once TTL support lands; the
+    /// value is carried now).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Marks the message as a part of a stream.
+    pub fn with_stream_part(mut self, part: StreamPart) -> Self {
+        self.stream = Some(Box::new(part));
+        self
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The payload, by value.
+    pub fn into_payload(self) -> Bytes {
+        self.payload
+    }
+
+    /// The priority.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The idempotency key, if set.
+    pub fn id(&self) -> Option<&MessageId> {
+        self.id.as_ref()
+    }
+
+    /// The TTL, if set.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The stream part, if set.
+    pub fn stream_part(&self) -> Option<&StreamPart> {
+        self.stream.as_deref()
+    }
+
+    /// Bytes this message holds against the user's and the engine's limits.
+    pub(crate) fn cost(&self) -> usize {
+        self.payload.len()
+    }
+}
+
+/// A message as a session receives it: with its per-user sequence number.
+///
+/// `seq` is strictly increasing per user and survives reconnects: a re-delivered message keeps
+/// the seq it was first delivered with. Acknowledge with [`Session::ack`](crate::Session::ack).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    seq: u64,
+    message: Message,
+}
+
+impl Delivery {
+    pub(crate) fn new(seq: u64, message: Message) -> Self {
+        Self { seq, message }
+    }
+
+    /// The per-user sequence number (the first message a user ever gets has seq 1).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    /// The priority.
+    pub fn priority(&self) -> Priority {
+        self.message.priority
+    }
+
+    /// The message, by value.
+    pub fn into_message(self) -> Message {
+        self.message
+    }
+}
+
+/// What the engine did with a sent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendOutcome {
+    /// Handed to the user's live session (it is in the delivery window, awaiting ack).
+    Delivered,
+    /// Kept in the user's mailbox; `evicted` older, less urgent messages were dropped for it.
+    Queued {
+        /// How many messages the DropOldest policy evicted to make room.
+        evicted: u32,
+    },
+    /// A copy with the same fingerprint was accepted within the dedup window.
+    Duplicate,
+    /// Not kept.
+    Rejected(RejectReason),
+}
+
+/// Why a message was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The mailbox is at its cap and its overflow policy is Reject.
+    MailboxFull,
+    /// The mailbox is at its cap and this message was the one dropped: the policy is
+    /// DropNewest, or DropOldest found only more urgent messages to evict. Listed in the
+    /// user's missed manifest.
+    Dropped,
+    /// The payload alone is larger than the user's byte cap.
+    LargerThanMailbox,
+    /// Shed by the engine-wide memory budget.
+    MemoryBudget,
+    /// The engine already holds its maximum number of mailboxes.
+    TooManyUsers,
+}
+
+impl RejectReason {
+    /// A short snake_case name, as used on the wire and in metrics labels.
+    ///
+    /// ```
+    /// assert_eq!(tether::RejectReason::MemoryBudget.as_str(), "memory_budget");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MailboxFull => "mailbox_full",
+            RejectReason::Dropped => "dropped",
+            RejectReason::LargerThanMailbox => "larger_than_mailbox",
+            RejectReason::MemoryBudget => "memory_budget",
+            RejectReason::TooManyUsers => "too_many_users",
+        }
+    }
+}
