@@ -10,6 +10,7 @@ use crate::budget::Budget;
 use crate::config::{Config, EngineBuilder, UserLimits};
 use crate::error::{ConfigError, ConnectError, InvalidInput, SendError, TrySendError};
 use crate::loom::{thread, Arc, AtomicBool, Ordering};
+use crate::mailbox::MailboxStats;
 use crate::message::{Message, SendOutcome, UserId};
 use crate::ring::{mpsc, outbox, Full};
 use crate::session::{ResumePoint, Session, SessionShared};
@@ -282,6 +283,57 @@ impl Engine {
         }
     }
 
+    /// Returns once every send, connect, ack and close issued (on this thread, or seen to
+    /// complete by it) before the call has taken effect in its shard, and sessions have been
+    /// woken for what was delivered. Useful in tests and before reading
+    /// [`memory_used`](Self::memory_used).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::{Engine, Message, UserId};
+    /// let engine = Engine::builder().shards(2).build().unwrap();
+    /// let erin = UserId::new("erin").unwrap();
+    /// engine.try_send(&erin, Message::new("12345")).unwrap();
+    /// engine.barrier().await;
+    /// assert_eq!(engine.memory_used(), 5);
+    /// # });
+    /// ```
+    pub async fn barrier(&self) {
+        let mut replies = Vec::with_capacity(self.inner.shards.len());
+        for shard in self.inner.shards.iter() {
+            let (tx, rx) = oneshot::channel();
+            if shard.push_wait(Command::Barrier(tx)).await.is_ok() {
+                replies.push(rx);
+            }
+        }
+        for rx in replies {
+            let _ = rx.await;
+        }
+    }
+
+    /// A snapshot of `user`'s mailbox, or `None` if the user has none.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::{Engine, Message, Priority, UserId};
+    /// let engine = Engine::builder().build().unwrap();
+    /// let fay = UserId::new("fay").unwrap();
+    /// engine.send(&fay, Message::new("hi").with_priority(Priority::High)).await.unwrap();
+    /// let stats = engine.mailbox_stats(&fay).await.unwrap();
+    /// assert_eq!(stats.queued_per_band, [0, 1, 0, 0]);
+    /// assert!(!stats.connected);
+    /// # });
+    /// ```
+    pub async fn mailbox_stats(&self, user: &UserId) -> Option<MailboxStats> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Inspect {
+            user: user.clone(),
+            reply: tx,
+        };
+        self.shard(user).push_wait(cmd).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
     /// Overrides the mailbox caps for one user (`None` restores the engine default). Applies
     /// to messages sent after it; a user without a mailbox yet gets one.
     pub async fn set_user_limits(
@@ -318,7 +370,7 @@ impl Drop for Inner {
 }
 
 /// Runs a future to completion on the current thread, parking between polls.
-fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     use std::task::{Context, Poll, Wake, Waker};
 
     struct ThreadWaker(std::thread::Thread);

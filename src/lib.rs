@@ -57,6 +57,7 @@ mod shard;
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use engine::Engine;
 pub use error::{AckError, ConfigError, ConnectError, InvalidInput, SendError, TrySendError};
+pub use mailbox::MailboxStats;
 pub use message::{
     Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart, UserId,
 };

@@ -72,6 +72,35 @@ impl WakeList {
     }
 }
 
+/// A snapshot of one user's mailbox, from [`Engine::mailbox_stats`](crate::Engine::mailbox_stats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MailboxStats {
+    /// Messages waiting in each band, Critical first.
+    pub queued_per_band: [usize; 4],
+    /// Payload bytes waiting in the bands.
+    pub queued_bytes: usize,
+    /// Delivered, unacknowledged messages.
+    pub in_flight: usize,
+    /// Their payload bytes.
+    pub in_flight_bytes: usize,
+    /// The seq the next delivery will get.
+    pub next_seq: u64,
+    /// The mailbox's epoch.
+    pub epoch: Epoch,
+    /// Whether a session is attached.
+    pub connected: bool,
+    /// Losses recorded since the last connect (they go into the next connect's manifest).
+    pub missed: u64,
+}
+
+impl MailboxStats {
+    /// Messages waiting in all bands.
+    pub fn queued(&self) -> usize {
+        self.queued_per_band.iter().sum()
+    }
+}
+
 /// Counts of what a user lost since the last connect, with the most recent ids.
 #[derive(Default)]
 struct Missed {
@@ -355,6 +384,19 @@ impl Mailbox {
                 self.missed.ids.pop_front();
             }
             self.missed.ids.push_back(id.clone());
+        }
+    }
+
+    pub(crate) fn stats(&self) -> MailboxStats {
+        MailboxStats {
+            queued_per_band: [0, 1, 2, 3].map(|b| self.bands[b].len()),
+            queued_bytes: self.queued_bytes,
+            in_flight: self.in_flight.len(),
+            in_flight_bytes: self.in_flight_bytes,
+            next_seq: self.next_seq,
+            epoch: self.epoch,
+            connected: self.live.is_some(),
+            missed: self.missed.manifest.total(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::budget::BudgetView;
 use crate::config::{Config, UserLimits};
 use crate::error::ConnectError;
 use crate::loom::{fence, thread::Thread, Arc, AtomicBool, AtomicUsize, Ordering};
-use crate::mailbox::{Live, Loss, Mailbox, WakeList};
+use crate::mailbox::{Live, Loss, Mailbox, MailboxStats, WakeList};
 use crate::message::{Delivery, Message, Prehashed, RejectReason, SendOutcome, UserId};
 use crate::park::Parker;
 use crate::ring::mpsc;
@@ -44,6 +44,12 @@ pub(crate) enum Command {
     SetLimits {
         user: UserId,
         limits: Option<UserLimits>,
+    },
+    /// Replies once every command and signal issued before it has taken effect.
+    Barrier(oneshot::Sender<()>),
+    Inspect {
+        user: UserId,
+        reply: oneshot::Sender<Option<MailboxStats>>,
     },
 }
 
@@ -284,13 +290,19 @@ impl Worker {
         if did > 0 {
             self.shard.space_freed();
         }
-        for node in self.shard.signals.take_all() {
-            self.on_signal(&node);
-            did += 1;
-        }
+        did += self.drain_signals();
         self.wake.flush();
         self.budget.publish();
         did
+    }
+
+    fn drain_signals(&mut self) -> usize {
+        let mut n = 0;
+        for node in self.shard.signals.take_all() {
+            self.on_signal(&node);
+            n += 1;
+        }
+        n
     }
 
     /// Processes what is left in the inbox and ends every session.
@@ -318,6 +330,16 @@ impl Worker {
                 if let Some(mailbox) = self.mailboxes.get_or_create(&user) {
                     mailbox.set_limits(limits);
                 }
+            }
+            Command::Barrier(reply) => {
+                // Signals pushed before this command was pushed are in the list now.
+                self.drain_signals();
+                self.wake.flush();
+                self.budget.publish();
+                let _ = reply.send(());
+            }
+            Command::Inspect { user, reply } => {
+                let _ = reply.send(self.mailboxes.get_mut(&user).map(|m| m.stats()));
             }
         }
     }
