@@ -266,16 +266,10 @@ impl Engine {
             .await
             .map_err(|_| ConnectError::ShuttingDown)?;
         // From here a dropped future (or session) tells the worker to detach it.
-        session.attached(crate::session::ConnectInfo {
-            epoch: crate::session::Epoch(0),
-            recovered: false,
-            redelivered: 0,
-            pending: 0,
-            missed: Default::default(),
-        });
+        session.mark_submitted();
         match reply_rx.await {
             Ok(Ok(info)) => {
-                session.attached(info);
+                session.set_info(info);
                 Ok(session)
             }
             Ok(Err(e)) => Err(e),

@@ -65,3 +65,8 @@ pub use session::{
     CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResumePoint,
     Session, TryRecvError,
 };
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

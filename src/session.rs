@@ -212,7 +212,8 @@ pub struct Session {
     info: ConnectInfo,
     last_received: u64,
     ended: Option<EndReason>,
-    attached: bool,
+    /// Whether the worker may have attached this session (its connect command was sent).
+    submitted: bool,
 }
 
 impl Session {
@@ -236,13 +237,18 @@ impl Session {
             },
             last_received: 0,
             ended: None,
-            attached: false,
+            submitted: false,
         }
     }
 
-    pub(crate) fn attached(&mut self, info: ConnectInfo) {
+    /// The connect command is in the shard's inbox: from now on dropping this session must
+    /// tell the worker.
+    pub(crate) fn mark_submitted(&mut self) {
+        self.submitted = true;
+    }
+
+    pub(crate) fn set_info(&mut self, info: ConnectInfo) {
         self.info = info;
-        self.attached = true;
     }
 
     /// The user.
@@ -347,10 +353,10 @@ impl Session {
     }
 
     fn request_close(&mut self, reason: CloseReason) {
-        if !self.attached {
+        if !self.submitted {
             return;
         }
-        self.attached = false;
+        self.submitted = false;
         let code = match reason {
             CloseReason::Normal => 1,
             CloseReason::Abnormal => 2,
