@@ -53,6 +53,8 @@ mod park;
 pub mod ring;
 mod session;
 mod shard;
+#[allow(dead_code)] // wired into the shard with TTLs and away-mailbox expiry
+mod wheel;
 
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use engine::Engine;
