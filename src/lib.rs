@@ -43,7 +43,11 @@
 #![warn(missing_docs)]
 
 mod budget;
+#[allow(dead_code)] // wired in with TTLs and dedup
+mod clock;
 mod config;
+#[allow(dead_code)] // wired in with TTLs and dedup
+mod dedup;
 mod engine;
 mod error;
 mod loom;
@@ -55,6 +59,9 @@ mod session;
 mod shard;
 #[allow(dead_code)] // wired into the shard with TTLs and away-mailbox expiry
 mod wheel;
+
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
 
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use engine::Engine;

@@ -50,6 +50,11 @@ impl UserId {
         &self.name
     }
 
+    /// The per-process hash computed at creation.
+    pub(crate) fn prehash(&self) -> u64 {
+        self.hash
+    }
+
     /// Which of `n` shards owns this user: a multiply-shift over a remix of the hash, so that
     /// it does not correlate with the hash bits the shard's map uses.
     pub(crate) fn shard_of(&self, n: usize) -> usize {
