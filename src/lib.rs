@@ -62,6 +62,7 @@ mod wheel;
 
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
+pub mod fuzz;
 
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use engine::Engine;

@@ -125,7 +125,12 @@ impl<T> Consumer<T> {
     /// Moves up to `max` values into `out` with one index load and one index store; returns
     /// how many it moved.
     pub fn drain_into(&mut self, out: &mut Vec<T>, max: usize) -> usize {
-        let n = self.available().min(max);
+        if self.cached_tail.wrapping_sub(self.head) < max {
+            // The cache may be stale though not exhausted: look again, or a drain would stop
+            // short of values that are ready.
+            self.refresh_tail();
+        }
+        let n = self.cached_tail.wrapping_sub(self.head).min(max);
         out.reserve(n);
         for _ in 0..n {
             let value = self.read_head();
@@ -139,10 +144,14 @@ impl<T> Consumer<T> {
 
     fn available(&mut self) -> usize {
         if self.head == self.cached_tail {
-            // Acquire: pairs with the producer's Release store of `tail`.
-            self.cached_tail = self.ring.tail.load(Ordering::Acquire);
+            self.refresh_tail();
         }
         self.cached_tail.wrapping_sub(self.head)
+    }
+
+    fn refresh_tail(&mut self) {
+        // Acquire: pairs with the producer's Release store of `tail`.
+        self.cached_tail = self.ring.tail.load(Ordering::Acquire);
     }
 
     /// Reads the value at `head` and advances the local index; the caller publishes it.
@@ -195,6 +204,20 @@ mod tests {
         assert_eq!(rx.pop(), Some(3));
         assert_eq!(rx.pop(), Some(4));
         assert_eq!(rx.pop(), None);
+    }
+
+    /// Regression (found by the engine fuzzer): a pop leaves the cached tail stale but not
+    /// exhausted; a drain must still see everything ready.
+    #[test]
+    fn drain_after_pop_sees_new_values() {
+        let (mut tx, mut rx) = channel::<u32>(8);
+        tx.push(1).unwrap();
+        tx.push(2).unwrap();
+        assert_eq!(rx.pop(), Some(1));
+        tx.push(3).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(rx.drain_into(&mut out, 8), 2);
+        assert_eq!(out, [2, 3]);
     }
 
     #[test]
