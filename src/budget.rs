@@ -78,6 +78,11 @@ impl BudgetView {
         self.local = self.local + after as u64 - before as u64;
     }
 
+    /// Records bytes this shard no longer holds.
+    pub(crate) fn release(&mut self, bytes: u64) {
+        self.local -= bytes;
+    }
+
     /// Publishes this shard's usage; once per worker loop.
     pub(crate) fn publish(&self) {
         self.budget.used[self.shard].store(self.local, Ordering::Relaxed);

@@ -1,9 +1,12 @@
 //! Engine settings: a builder whose every setter documents its default, validated by `build`.
 
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
+use crate::clock::Clock;
+use crate::dedup::DedupMode;
 use crate::error::ConfigError;
-use crate::Engine;
+use crate::{Engine, Priority};
 
 /// What a full mailbox does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,6 +91,14 @@ pub struct Config {
     pub(crate) shed: ShedThresholds,
     pub(crate) max_users: usize,
     pub(crate) missed_ids: usize,
+    pub(crate) default_ttl: [Option<Duration>; 4],
+    pub(crate) keep_after_normal: Duration,
+    pub(crate) keep_after_abnormal: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) dedup: DedupMode,
+    pub(crate) dedup_window: Duration,
+    pub(crate) dedup_max_entries: usize,
+    pub(crate) clock: Clock,
 }
 
 impl Config {
@@ -152,6 +163,14 @@ impl Default for EngineBuilder {
                 shed: ShedThresholds::default(),
                 max_users: 10_000_000,
                 missed_ids: 100,
+                default_ttl: [None; 4],
+                keep_after_normal: Duration::from_secs(30 * 60),
+                keep_after_abnormal: Duration::from_secs(5 * 60),
+                idle_timeout: Duration::from_secs(60),
+                dedup: DedupMode::Ids,
+                dedup_window: Duration::from_secs(120),
+                dedup_max_entries: 500_000,
+                clock: Clock::system(),
             },
         }
     }
@@ -239,6 +258,57 @@ impl EngineBuilder {
         self
     }
 
+    /// The TTL for messages of `priority` sent without one (`None`: they wait until delivered,
+    /// evicted or their mailbox expires). Default `None` for every priority.
+    pub fn default_ttl(mut self, priority: Priority, ttl: Option<Duration>) -> Self {
+        self.config.default_ttl[priority.index()] = ttl;
+        self
+    }
+
+    /// How long a mailbox is kept after its session closed: `after_normal` after a clean
+    /// close, `after_abnormal` after a broken connection (or a dropped session). A mailbox
+    /// that never had a session counts as closed normally when it was created. When the time
+    /// is up the mailbox and everything in it are removed, and a later connect reports
+    /// `recovered = false`. Defaults 30 minutes and 5 minutes; each at least 1 ms.
+    pub fn keep_away_mailboxes(mut self, after_normal: Duration, after_abnormal: Duration) -> Self {
+        self.config.keep_after_normal = after_normal;
+        self.config.keep_after_abnormal = after_abnormal;
+        self
+    }
+
+    /// How long a mailbox that holds nothing (no session, no message, no recorded loss) is
+    /// kept before its memory is returned. Default 60 seconds; at least 1 ms.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.config.idle_timeout = idle;
+        self
+    }
+
+    /// What counts as a duplicate. Default [`DedupMode::Ids`].
+    pub fn dedup(mut self, mode: DedupMode) -> Self {
+        self.config.dedup = mode;
+        self
+    }
+
+    /// How long a fingerprint is remembered: at least this long, at most twice. Default 2
+    /// minutes; at least 1 ms.
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.config.dedup_window = window;
+        self
+    }
+
+    /// Most fingerprints one shard remembers per generation (two generations); past it the
+    /// window rotates early. Default 500,000 (about 10 MiB per shard when full). At least 1.
+    pub fn dedup_max_entries(mut self, n: usize) -> Self {
+        self.config.dedup_max_entries = n;
+        self
+    }
+
+    /// The time source. Default [`Clock::system`]; tests use [`Clock::manual`].
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
     /// Checks the settings and starts the shard workers.
     pub fn build(self) -> Result<Engine, ConfigError> {
         let c = self.validate()?;
@@ -278,6 +348,23 @@ impl EngineBuilder {
             usize::MAX,
         )?;
         range("max_users", c.max_users, 1, usize::MAX)?;
+        range("dedup_max_entries", c.dedup_max_entries, 1, usize::MAX)?;
+        let at_least_1ms = |name: &'static str, d: Duration| {
+            if d < Duration::from_millis(1) {
+                Err(ConfigError::OutOfRange {
+                    setting: name,
+                    value: d.as_millis() as u64,
+                    min: 1,
+                    max: u64::MAX,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        at_least_1ms("keep_away_mailboxes.after_normal", c.keep_after_normal)?;
+        at_least_1ms("keep_away_mailboxes.after_abnormal", c.keep_after_abnormal)?;
+        at_least_1ms("idle_timeout", c.idle_timeout)?;
+        at_least_1ms("dedup_window", c.dedup_window)?;
         if c.memory_budget_bytes == 0 {
             return Err(ConfigError::OutOfRange {
                 setting: "memory_budget_bytes",

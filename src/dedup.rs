@@ -105,6 +105,7 @@ impl DedupWindow {
     }
 
     /// Fingerprints held (both generations).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.current.len() + self.previous.len()
     }

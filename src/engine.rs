@@ -14,7 +14,8 @@ use crate::mailbox::MailboxStats;
 use crate::message::{Message, SendOutcome, UserId};
 use crate::ring::{mpsc, outbox, Full};
 use crate::session::{ResumePoint, Session, SessionShared};
-use crate::shard::{Command, ConnectRequest, ShardShared, Worker};
+use crate::shard::{Command, ConnectRequest, ShardShared};
+use crate::worker::Worker;
 
 /// The messaging engine. Cheap to clone; every clone is a handle to the same shards. The
 /// workers stop when the last handle is dropped.

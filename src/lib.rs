@@ -43,10 +43,8 @@
 #![warn(missing_docs)]
 
 mod budget;
-#[allow(dead_code)] // wired in with TTLs and dedup
 mod clock;
 mod config;
-#[allow(dead_code)] // wired in with TTLs and dedup
 mod dedup;
 mod engine;
 mod error;
@@ -57,14 +55,16 @@ mod park;
 pub mod ring;
 mod session;
 mod shard;
-#[allow(dead_code)] // wired into the shard with TTLs and away-mailbox expiry
 mod wheel;
+mod worker;
 
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzz;
 
+pub use clock::Clock;
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
+pub use dedup::DedupMode;
 pub use engine::Engine;
 pub use error::{AckError, ConfigError, ConnectError, InvalidInput, SendError, TrySendError};
 pub use mailbox::MailboxStats;

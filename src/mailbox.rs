@@ -1,13 +1,18 @@
 //! One user's mailbox, owned by one shard worker: priority bands, the delivery window, seq and
-//! epoch, the live session if any, and what the user missed.
+//! epoch, the live session if any, what the user missed, and the timers that expire its
+//! messages and, while nobody is connected, the mailbox itself.
 //!
 //! Invariants (checked by `debug_check` in tests):
 //! - a live session with room in its window has empty bands: whenever the window frees up or a
 //!   session attaches, `fill_window` moves the most urgent waiting messages into it;
-//! - `in_flight` holds delivered, unacknowledged messages with consecutive seqs starting at
-//!   `first_in_flight_seq`, so a cumulative ack pops from the front;
+//! - `in_flight` holds delivered, unacknowledged messages in increasing seq order (an expired
+//!   one leaves a gap), so a cumulative ack pops from the front;
+//! - each band is FIFO and its entries carry increasing tags, so the timer of a queued message
+//!   finds it by binary search; expiries mostly hit the front, where removal is O(1);
 //! - `occupied` has bit `b` set exactly when band `b` is non-empty, so the most urgent
-//!   non-empty band is `occupied.trailing_zeros()` and the least urgent is the highest bit.
+//!   non-empty band is `occupied.trailing_zeros()` and the least urgent is the highest bit;
+//! - a message has a wheel timer exactly when it has a deadline, and a mailbox without a
+//!   session has exactly one removal timer (away retention, or idle cleanup when empty).
 
 use std::collections::VecDeque;
 
@@ -18,11 +23,74 @@ use crate::ring::outbox::{OutboxNotifier, OutboxSender};
 use crate::session::{
     ConnectInfo, Epoch, MissedManifest, ResumePoint, SessionShared, END_REPLACED,
 };
+use crate::wheel::{TimerHandle, Wheel};
 use crate::CloseReason;
 
 /// A band's ring keeps up to this many slots of spare capacity once it empties; beyond that
 /// the memory goes back to the allocator.
 const KEEP_EMPTY_CAPACITY: usize = 16;
+
+/// What a shard's timing wheel holds for mailboxes. `mailbox` is the slot in the shard's
+/// mailbox slab; a mailbox cancels all its timers before it is removed, so a slot is never
+/// reached through a stale timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// A queued message's TTL.
+    Queued { mailbox: u32, band: u8, tag: u64 },
+    /// An in-flight message's TTL.
+    InFlight { mailbox: u32, seq: u64 },
+    /// Removal of a mailbox without a session (away retention or idle cleanup).
+    Remove { mailbox: u32 },
+}
+
+/// What the mailbox needs from its shard for one operation.
+pub(crate) struct Ctx<'a> {
+    pub(crate) wheel: &'a mut Wheel<Timer>,
+    pub(crate) wake: &'a mut WakeList,
+    /// The shard's clock, read once per pass, in ms.
+    pub(crate) now: u64,
+    /// This mailbox's slot in the shard's slab.
+    pub(crate) slot: u32,
+    pub(crate) window: usize,
+    pub(crate) missed_ids: usize,
+}
+
+/// How long a mailbox without a session is kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    pub(crate) after_normal_ms: u64,
+    pub(crate) after_abnormal_ms: u64,
+    pub(crate) idle_ms: u64,
+}
+
+/// A message's deadline and the wheel entry that enforces it.
+#[derive(Clone, Copy)]
+struct Expiry {
+    at: u64,
+    timer: TimerHandle,
+}
+
+struct Queued {
+    tag: u64,
+    message: Message,
+    expiry: Option<Expiry>,
+}
+
+/// A delivered, unacknowledged message. After its TTL passes, `message` is `None`: the payload
+/// is freed and it will not be delivered again, but the entry keeps its slot in the window
+/// until acknowledged past (or a new session attaches), because a copy may still sit unread in
+/// the live session's outbox, which is only as large as the window.
+struct InFlight {
+    seq: u64,
+    message: Option<Message>,
+    expiry: Option<Expiry>,
+}
+
+impl InFlight {
+    fn cost(&self) -> usize {
+        self.message.as_ref().map_or(0, Message::cost)
+    }
+}
 
 /// The session currently attached to a mailbox.
 pub(crate) struct Live {
@@ -80,7 +148,8 @@ pub struct MailboxStats {
     pub queued_per_band: [usize; 4],
     /// Payload bytes waiting in the bands.
     pub queued_bytes: usize,
-    /// Delivered, unacknowledged messages.
+    /// Delivery-window slots in use: delivered, unacknowledged messages (one that expired
+    /// keeps its slot until acknowledged past, as a copy may still wait in the session).
     pub in_flight: usize,
     /// Their payload bytes.
     pub in_flight_bytes: usize,
@@ -108,46 +177,62 @@ struct Missed {
     ids: VecDeque<MessageId>,
 }
 
-/// Why a message left a mailbox without being acknowledged.
-#[derive(Clone, Copy)]
+/// Why a message left a mailbox without being acknowledged (or was never let in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Loss {
     Evicted,
     Rejected,
     Shed,
+    Expired,
+}
+
+/// What removing an expired message or a whole mailbox dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
 }
 
 pub(crate) struct Mailbox {
-    bands: [VecDeque<Message>; 4],
+    bands: [VecDeque<Queued>; 4],
     band_bytes: [usize; 4],
     occupied: u8,
     queued: usize,
     queued_bytes: usize,
-    in_flight: VecDeque<Message>,
+    next_tag: u64,
+    in_flight: VecDeque<InFlight>,
     in_flight_bytes: usize,
-    first_in_flight_seq: u64,
     next_seq: u64,
     epoch: Epoch,
     live: Option<Live>,
     limits: Option<UserLimits>,
     missed: Missed,
+    /// When a mailbox without a session is removed if it still holds something.
+    away_until: u64,
+    /// The pending removal timer and its deadline, while no session is attached.
+    removal: Option<(TimerHandle, u64)>,
 }
 
 impl Mailbox {
-    pub(crate) fn new(epoch: Epoch) -> Self {
+    /// A new mailbox, counted as away since `now` (a user who never connects does not keep
+    /// messages forever).
+    pub(crate) fn new(epoch: Epoch, now: u64, retention: &Retention) -> Self {
         Self {
             bands: Default::default(),
             band_bytes: [0; 4],
             occupied: 0,
             queued: 0,
             queued_bytes: 0,
+            next_tag: 0,
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
-            first_in_flight_seq: 1,
             next_seq: 1,
             epoch,
             live: None,
             limits: None,
             missed: Missed::default(),
+            away_until: now.saturating_add(retention.after_normal_ms),
+            removal: None,
         }
     }
 
@@ -156,8 +241,22 @@ impl Mailbox {
         self.queued_bytes + self.in_flight_bytes
     }
 
+    /// Messages this mailbox holds (queued and in flight).
+    pub(crate) fn held_messages(&self) -> usize {
+        self.queued
+            + self
+                .in_flight
+                .iter()
+                .filter(|f| f.message.is_some())
+                .count()
+    }
+
     pub(crate) fn set_limits(&mut self, limits: Option<UserLimits>) {
         self.limits = limits;
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.is_some()
     }
 
     /// Whether `shared` is the session attached right now.
@@ -168,54 +267,52 @@ impl Mailbox {
     }
 
     /// Takes a message: straight into a live session's window if it has room, else into its
-    /// band under the overflow policy.
+    /// band under the overflow policy. `expires_at` is its deadline, if it has one.
     pub(crate) fn accept(
         &mut self,
         message: Message,
-        window: usize,
+        expires_at: Option<u64>,
         defaults: &UserLimits,
-        missed_ids: usize,
-        wake: &mut WakeList,
+        cx: &mut Ctx<'_>,
     ) -> SendOutcome {
-        if self.window_has_room(window) {
+        if self.window_has_room(cx.window) {
             debug_assert_eq!(self.queued, 0, "a window with room implies empty bands");
-            self.deliver(message, wake);
+            self.deliver(message, expires_at, cx);
             return SendOutcome::Delivered;
         }
         let limits = self.limits.unwrap_or(*defaults);
         let cost = message.cost();
         if cost > limits.max_bytes {
-            self.record_loss(Loss::Rejected, message.id(), missed_ids);
+            self.record_loss(Loss::Rejected, message.id(), cx.missed_ids);
             return SendOutcome::Rejected(RejectReason::LargerThanMailbox);
         }
         let mut evicted = 0;
-        if !self.fits(&limits, 1, cost) {
+        if !self.fits(&limits, cost) {
             match limits.overflow {
                 OverflowPolicy::Reject => {
-                    self.record_loss(Loss::Rejected, message.id(), missed_ids);
+                    self.record_loss(Loss::Rejected, message.id(), cx.missed_ids);
                     return SendOutcome::Rejected(RejectReason::MailboxFull);
                 }
                 OverflowPolicy::DropNewest => {
-                    self.record_loss(Loss::Evicted, message.id(), missed_ids);
+                    self.record_loss(Loss::Evicted, message.id(), cx.missed_ids);
                     return SendOutcome::Rejected(RejectReason::Dropped);
                 }
-                OverflowPolicy::DropOldest => match self.evict_for(&limits, &message, missed_ids) {
+                OverflowPolicy::DropOldest => match self.evict_for(&limits, &message, cx) {
                     Some(n) => evicted = n,
                     None => {
-                        self.record_loss(Loss::Evicted, message.id(), missed_ids);
+                        self.record_loss(Loss::Evicted, message.id(), cx.missed_ids);
                         return SendOutcome::Rejected(RejectReason::Dropped);
                     }
                 },
             }
         }
-        self.push_band(message);
+        self.push_band(message, expires_at, cx);
         SendOutcome::Queued { evicted }
     }
 
-    /// Would `extra` more messages of `extra_bytes` fit the backlog caps?
-    fn fits(&self, limits: &UserLimits, extra: usize, extra_bytes: usize) -> bool {
-        self.queued + extra <= limits.max_messages
-            && self.queued_bytes + extra_bytes <= limits.max_bytes
+    /// Would one more message of `cost` bytes fit the backlog caps?
+    fn fits(&self, limits: &UserLimits, cost: usize) -> bool {
+        self.queued < limits.max_messages && self.queued_bytes + cost <= limits.max_bytes
     }
 
     /// Evicts the oldest messages of the least urgent bands that are no more urgent than
@@ -225,7 +322,7 @@ impl Mailbox {
         &mut self,
         limits: &UserLimits,
         incoming: &Message,
-        missed_ids: usize,
+        cx: &mut Ctx<'_>,
     ) -> Option<u32> {
         let lowest_eligible = incoming.priority().index();
         let (mut n, mut bytes) = (0, 0);
@@ -240,30 +337,56 @@ impl Mailbox {
             return None;
         }
         let mut evicted = 0;
-        while !self.fits(limits, 1, cost) {
+        while !self.fits(limits, cost) {
             let b = 7 - self.occupied.leading_zeros() as usize;
             debug_assert!(b >= lowest_eligible);
-            let victim = self.pop_band(b);
-            self.record_loss(Loss::Evicted, victim.id(), missed_ids);
+            let victim = self.pop_band(b, cx.wheel);
+            self.record_loss(Loss::Evicted, victim.id(), cx.missed_ids);
             evicted += 1;
         }
         Some(evicted)
     }
 
-    fn push_band(&mut self, message: Message) {
+    fn push_band(&mut self, message: Message, expires_at: Option<u64>, cx: &mut Ctx<'_>) {
         let b = message.priority().index();
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let expiry = expires_at.map(|at| Expiry {
+            at,
+            timer: cx.wheel.insert(
+                at,
+                Timer::Queued {
+                    mailbox: cx.slot,
+                    band: b as u8,
+                    tag,
+                },
+            ),
+        });
         self.queued += 1;
         self.queued_bytes += message.cost();
         self.band_bytes[b] += message.cost();
         self.occupied |= 1 << b;
-        self.bands[b].push_back(message);
+        self.bands[b].push_back(Queued {
+            tag,
+            message,
+            expiry,
+        });
     }
 
-    fn pop_band(&mut self, b: usize) -> Message {
-        let band = &mut self.bands[b];
-        let message = band
+    /// Takes the oldest message of band `b`, cancelling its timer.
+    fn pop_band(&mut self, b: usize, wheel: &mut Wheel<Timer>) -> Message {
+        let q = self.bands[b]
             .pop_front()
             .expect("occupied bit set for an empty band");
+        if let Some(e) = q.expiry {
+            wheel.cancel(e.timer);
+        }
+        self.after_band_removal(b, &q.message);
+        q.message
+    }
+
+    fn after_band_removal(&mut self, b: usize, message: &Message) {
+        let band = &mut self.bands[b];
         if band.is_empty() {
             self.occupied &= !(1 << b);
             if band.capacity() > KEEP_EMPTY_CAPACITY {
@@ -273,15 +396,15 @@ impl Mailbox {
         self.queued -= 1;
         self.queued_bytes -= message.cost();
         self.band_bytes[b] -= message.cost();
-        message
     }
 
     fn window_has_room(&self, window: usize) -> bool {
         self.live.is_some() && self.in_flight.len() < window
     }
 
-    /// Assigns the next seq, hands the message to the session and keeps it in flight.
-    fn deliver(&mut self, message: Message, wake: &mut WakeList) {
+    /// Assigns the next seq, hands the message to the session and keeps it in flight until
+    /// it is acknowledged or its deadline passes.
+    fn deliver(&mut self, message: Message, expires_at: Option<u64>, cx: &mut Ctx<'_>) {
         let live = self.live.as_mut().expect("deliver needs a live session");
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -290,30 +413,84 @@ impl Mailbox {
         // so this push cannot fail while `in_flight.len() < window`.
         let pushed = live.outbox.push(Delivery::new(seq, message.clone()));
         debug_assert!(pushed.is_ok(), "outbox smaller than the window");
-        wake.add(live);
-        self.in_flight.push_back(message);
+        cx.wake.add(live);
+        let expiry = expires_at.map(|at| Expiry {
+            at,
+            timer: cx.wheel.insert(
+                at,
+                Timer::InFlight {
+                    mailbox: cx.slot,
+                    seq,
+                },
+            ),
+        });
+        self.in_flight.push_back(InFlight {
+            seq,
+            message: Some(message),
+            expiry,
+        });
     }
 
     /// Moves the most urgent waiting messages into the window while it has room.
-    pub(crate) fn fill_window(&mut self, window: usize, wake: &mut WakeList) {
-        while self.occupied != 0 && self.window_has_room(window) {
+    pub(crate) fn fill_window(&mut self, cx: &mut Ctx<'_>) {
+        while self.occupied != 0 && self.window_has_room(cx.window) {
             let b = self.occupied.trailing_zeros() as usize;
-            let message = self.pop_band(b);
-            self.deliver(message, wake);
+            let q = self.bands[b].pop_front().expect("occupied band");
+            if let Some(e) = q.expiry {
+                cx.wheel.cancel(e.timer);
+            }
+            self.after_band_removal(b, &q.message);
+            self.deliver(q.message, q.expiry.map(|e| e.at), cx);
         }
     }
 
     /// Settles every in-flight message with seq <= `upto` (a cumulative ack).
-    pub(crate) fn settle(&mut self, upto: u64) {
-        while self.first_in_flight_seq <= upto {
-            let Some(message) = self.in_flight.pop_front() else {
-                break;
-            };
-            self.in_flight_bytes -= message.cost();
-            self.first_in_flight_seq += 1;
+    pub(crate) fn settle(&mut self, upto: u64, wheel: &mut Wheel<Timer>) {
+        while self.in_flight.front().is_some_and(|f| f.seq <= upto) {
+            let f = self.in_flight.pop_front().expect("front exists");
+            if let Some(e) = f.expiry {
+                wheel.cancel(e.timer);
+            }
+            self.in_flight_bytes -= f.cost();
         }
         if self.in_flight.is_empty() && self.in_flight.capacity() > KEEP_EMPTY_CAPACITY {
             self.in_flight = VecDeque::new();
+        }
+    }
+
+    /// Drops the message a TTL timer points at. Returns what was dropped (nothing if the
+    /// message already left, which cannot happen while timers are cancelled on every exit).
+    pub(crate) fn expire(&mut self, timer: Timer, missed_ids: usize) -> Dropped {
+        let message = match timer {
+            Timer::Queued { band, tag, .. } => {
+                let b = band as usize;
+                let Ok(i) = self.bands[b].binary_search_by_key(&tag, |q| q.tag) else {
+                    debug_assert!(false, "queued timer without its message");
+                    return Dropped::default();
+                };
+                let q = self.bands[b].remove(i).expect("index from binary search");
+                self.after_band_removal(b, &q.message);
+                q.message
+            }
+            Timer::InFlight { seq, .. } => {
+                let Ok(i) = self.in_flight.binary_search_by_key(&seq, |f| f.seq) else {
+                    debug_assert!(false, "in-flight timer without its message");
+                    return Dropped::default();
+                };
+                let f = &mut self.in_flight[i];
+                f.expiry = None;
+                let Some(message) = f.message.take() else {
+                    return Dropped::default();
+                };
+                self.in_flight_bytes -= message.cost();
+                message
+            }
+            Timer::Remove { .. } => return Dropped::default(),
+        };
+        self.record_loss(Loss::Expired, message.id(), missed_ids);
+        Dropped {
+            messages: 1,
+            bytes: message.cost() as u64,
         }
     }
 
@@ -324,31 +501,35 @@ impl Mailbox {
         live: Live,
         resume: Option<ResumePoint>,
         existed: bool,
-        window: usize,
-        wake: &mut WakeList,
+        cx: &mut Ctx<'_>,
     ) -> ConnectInfo {
         if let Some(old) = self.live.take() {
             old.outbox.end(END_REPLACED);
         }
+        if let Some((timer, _)) = self.removal.take() {
+            cx.wheel.cancel(timer);
+        }
         let recovered = match resume {
             Some(r) if existed && r.epoch == self.epoch && r.last_seq < self.next_seq => {
-                self.settle(r.last_seq);
+                self.settle(r.last_seq, cx.wheel);
                 true
             }
             _ => false,
         };
+        // Expired entries held window slots for the old outbox only.
+        self.in_flight.retain(|f| f.message.is_some());
         let mut live = live;
-        for (i, message) in self.in_flight.iter().enumerate() {
-            let seq = self.first_in_flight_seq + i as u64;
-            let pushed = live.outbox.push(Delivery::new(seq, message.clone()));
+        for f in &self.in_flight {
+            let message = f.message.clone().expect("expired entries were dropped");
+            let pushed = live.outbox.push(Delivery::new(f.seq, message));
             debug_assert!(pushed.is_ok(), "outbox smaller than the window");
         }
         let redelivered = self.in_flight.len();
         if redelivered > 0 {
-            wake.add(&mut live);
+            cx.wake.add(&mut live);
         }
         self.live = Some(live);
-        self.fill_window(window, wake);
+        self.fill_window(cx);
         let missed = std::mem::take(&mut self.missed);
         ConnectInfo {
             epoch: self.epoch,
@@ -359,16 +540,85 @@ impl Mailbox {
         }
     }
 
-    /// Detaches the live session after it closed. Its in-flight messages stay, to be
-    /// delivered again to the next session.
-    pub(crate) fn detach(&mut self, _reason: CloseReason) {
+    /// Detaches the live session after it closed, keeping the mailbox for the retention that
+    /// goes with how it closed. In-flight messages stay, to be delivered again.
+    pub(crate) fn detach(&mut self, reason: CloseReason, retention: &Retention, cx: &mut Ctx<'_>) {
         self.live = None;
+        let keep = match reason {
+            CloseReason::Normal => retention.after_normal_ms,
+            CloseReason::Abnormal => retention.after_abnormal_ms,
+        };
+        self.away_until = cx.now.saturating_add(keep);
+        self.schedule_removal(retention, cx);
     }
 
-    /// Ends the live session from the engine's side (replacement or shutdown).
+    /// Ends the live session from the engine's side (shutdown).
     pub(crate) fn end_session(&mut self, code: u8) {
         if let Some(live) = self.live.take() {
             live.outbox.end(code);
+        }
+    }
+
+    /// Holds nothing worth keeping: no session, no message, no recorded loss.
+    fn is_idle(&self) -> bool {
+        self.live.is_none()
+            && self.queued == 0
+            && self.in_flight_bytes == 0
+            && self.in_flight.iter().all(|f| f.message.is_none())
+            && self.missed.manifest == MissedManifest::default()
+    }
+
+    /// Keeps the removal timer of a mailbox without a session at the right deadline: the away
+    /// retention, or the idle time if that comes first and the mailbox holds nothing. Cheap
+    /// when nothing changes; call it after anything that may change the answer.
+    pub(crate) fn schedule_removal(&mut self, retention: &Retention, cx: &mut Ctx<'_>) {
+        if self.live.is_some() {
+            return;
+        }
+        let due = if self.is_idle() {
+            self.away_until
+                .min(cx.now.saturating_add(retention.idle_ms))
+        } else {
+            self.away_until
+        };
+        match self.removal {
+            Some((_, at)) if at == due => {}
+            // An idle mailbox keeps its earlier idle deadline rather than sliding it forward
+            // on every look.
+            Some((_, at)) if self.is_idle() && at < due => {}
+            _ => {
+                if let Some((timer, _)) = self.removal.take() {
+                    cx.wheel.cancel(timer);
+                }
+                let timer = cx.wheel.insert(due, Timer::Remove { mailbox: cx.slot });
+                self.removal = Some((timer, due));
+            }
+        }
+    }
+
+    /// Called when the removal timer fired: the timer is gone.
+    pub(crate) fn removal_fired(&mut self) {
+        self.removal = None;
+    }
+
+    /// Cancels every timer and returns what the mailbox still held, before it is dropped.
+    pub(crate) fn dismantle(&mut self, wheel: &mut Wheel<Timer>) -> Dropped {
+        for q in self.bands.iter().flatten() {
+            if let Some(e) = q.expiry {
+                wheel.cancel(e.timer);
+            }
+        }
+        for f in &self.in_flight {
+            if let Some(e) = f.expiry {
+                wheel.cancel(e.timer);
+            }
+        }
+        if let Some((timer, _)) = self.removal.take() {
+            wheel.cancel(timer);
+        }
+        Dropped {
+            messages: self.held_messages() as u64,
+            bytes: self.held_bytes() as u64,
         }
     }
 
@@ -378,6 +628,7 @@ impl Mailbox {
             Loss::Evicted => m.evicted += 1,
             Loss::Rejected => m.rejected += 1,
             Loss::Shed => m.shed += 1,
+            Loss::Expired => m.expired += 1,
         }
         if let (Some(id), true) = (id, keep_ids > 0) {
             if self.missed.ids.len() == keep_ids {
@@ -385,6 +636,11 @@ impl Mailbox {
             }
             self.missed.ids.push_back(id.clone());
         }
+    }
+
+    /// Counts a duplicate that was refused (it is not a loss: the first copy stands).
+    pub(crate) fn record_duplicate(&mut self) {
+        self.missed.manifest.deduplicated += 1;
     }
 
     pub(crate) fn stats(&self) -> MailboxStats {
@@ -405,9 +661,13 @@ impl Mailbox {
         for (b, band) in self.bands.iter().enumerate() {
             assert_eq!(band.is_empty(), self.occupied & (1 << b) == 0);
             assert_eq!(
-                band.iter().map(Message::cost).sum::<usize>(),
+                band.iter().map(|q| q.message.cost()).sum::<usize>(),
                 self.band_bytes[b]
             );
+            assert!(band
+                .iter()
+                .zip(band.iter().skip(1))
+                .all(|(a, b)| a.tag < b.tag));
         }
         assert_eq!(
             self.bands.iter().map(VecDeque::len).sum::<usize>(),
@@ -416,10 +676,10 @@ impl Mailbox {
         if self.window_has_room(window) {
             assert_eq!(self.queued, 0);
         }
-        assert_eq!(
-            self.first_in_flight_seq + self.in_flight.len() as u64,
-            self.next_seq
-        );
+        let f = &self.in_flight;
+        assert!(f.iter().zip(f.iter().skip(1)).all(|(a, b)| a.seq < b.seq));
+        assert!(f.back().is_none_or(|last| last.seq < self.next_seq));
+        assert_eq!(self.live.is_none(), self.removal.is_some());
     }
 }
 
@@ -429,10 +689,85 @@ mod tests {
     use crate::ring::outbox;
     use crate::{Priority, UserId};
 
-    fn live(window: usize) -> (Live, outbox::OutboxReceiver<Delivery>) {
-        let (tx, rx) = outbox::channel(window);
-        let shared = Arc::new(SessionShared::new(UserId::new("u").unwrap()));
-        (Live::new(tx, shared), rx)
+    const RETENTION: Retention = Retention {
+        after_normal_ms: 1000,
+        after_abnormal_ms: 100,
+        idle_ms: 50,
+    };
+
+    /// A mailbox with the shard-side state its operations need.
+    struct Harness {
+        m: Mailbox,
+        wheel: Wheel<Timer>,
+        wake: WakeList,
+        now: u64,
+        window: usize,
+    }
+
+    impl Harness {
+        fn new(window: usize) -> Self {
+            Self {
+                m: Mailbox::new(Epoch(1), 0, &RETENTION),
+                wheel: Wheel::new(),
+                wake: WakeList::new(),
+                now: 0,
+                window,
+            }
+        }
+
+        fn with<R>(&mut self, f: impl FnOnce(&mut Mailbox, &mut Ctx<'_>) -> R) -> R {
+            let mut cx = Ctx {
+                wheel: &mut self.wheel,
+                wake: &mut self.wake,
+                now: self.now,
+                slot: 0,
+                window: self.window,
+                missed_ids: 5,
+            };
+            let r = f(&mut self.m, &mut cx);
+            self.wake.flush();
+            r
+        }
+
+        fn send(&mut self, m: Message, ttl: Option<u64>, limits: &UserLimits) -> SendOutcome {
+            let at = ttl.map(|t| self.now + t);
+            self.with(|mb, cx| {
+                let o = mb.accept(m, at, limits, cx);
+                mb.schedule_removal(&RETENTION, cx);
+                o
+            })
+        }
+
+        /// Advances time and applies every fired timer; returns how many mailbox removals fired.
+        fn advance(&mut self, to: u64) -> usize {
+            self.now = to;
+            let mut fired = Vec::new();
+            self.wheel.advance(to, &mut fired);
+            let mut removals = 0;
+            for t in fired {
+                match t {
+                    Timer::Remove { .. } => {
+                        self.m.removal_fired();
+                        removals += 1;
+                    }
+                    _ => {
+                        self.m.expire(t, 5);
+                        self.with(|mb, cx| {
+                            mb.schedule_removal(&RETENTION, cx);
+                            mb.fill_window(cx);
+                        });
+                    }
+                }
+            }
+            removals
+        }
+
+        fn attach(&mut self) -> outbox::OutboxReceiver<Delivery> {
+            let (tx, rx) = outbox::channel(self.window);
+            let shared = Arc::new(SessionShared::new(UserId::new("u").unwrap()));
+            self.with(|mb, cx| mb.attach(Live::new(tx, shared), None, true, cx));
+            rx
+        }
     }
 
     fn msg(p: Priority, len: usize, id: u32) -> Message {
@@ -441,40 +776,109 @@ mod tests {
             .with_id(id.to_string())
     }
 
+    fn limits(max_messages: usize, overflow: OverflowPolicy) -> UserLimits {
+        UserLimits {
+            max_messages,
+            max_bytes: 1 << 20,
+            overflow,
+        }
+    }
+
     #[test]
     fn drop_oldest_never_evicts_more_urgent() {
-        let limits = UserLimits {
-            max_messages: 2,
-            max_bytes: 1 << 20,
-            overflow: OverflowPolicy::DropOldest,
-        };
-        let mut wake = WakeList::new();
-        let mut m = Mailbox::new(Epoch(1));
-        let put = |m: &mut Mailbox, p, id, wake: &mut WakeList| {
-            m.accept(msg(p, 1, id), 4, &limits, 10, wake)
-        };
+        let l = limits(2, OverflowPolicy::DropOldest);
+        let mut h = Harness::new(4);
+        let mut put = |p, id| h.send(msg(p, 1, id), None, &l);
         assert_eq!(
-            put(&mut m, Priority::Critical, 1, &mut wake),
+            put(Priority::Critical, 1),
             SendOutcome::Queued { evicted: 0 }
         );
-        assert_eq!(
-            put(&mut m, Priority::Low, 2, &mut wake),
-            SendOutcome::Queued { evicted: 0 }
-        );
+        assert_eq!(put(Priority::Low, 2), SendOutcome::Queued { evicted: 0 });
         // A Normal evicts the Low, not the Critical.
-        assert_eq!(
-            put(&mut m, Priority::Normal, 3, &mut wake),
-            SendOutcome::Queued { evicted: 1 }
-        );
+        assert_eq!(put(Priority::Normal, 3), SendOutcome::Queued { evicted: 1 });
         // A Low finds only more urgent messages: it is the one dropped.
         assert_eq!(
-            put(&mut m, Priority::Low, 4, &mut wake),
+            put(Priority::Low, 4),
             SendOutcome::Rejected(RejectReason::Dropped)
         );
-        assert_eq!(m.stats().queued_per_band, [1, 0, 1, 0]);
-        let ids: Vec<_> = m.missed.ids.iter().map(|i| i.as_str().to_owned()).collect();
+        assert_eq!(h.m.stats().queued_per_band, [1, 0, 1, 0]);
+        let ids: Vec<_> =
+            h.m.missed
+                .ids
+                .iter()
+                .map(|i| i.as_str().to_owned())
+                .collect();
         assert_eq!(ids, ["2", "4"]);
-        m.debug_check(4);
+        h.m.debug_check(4);
+    }
+
+    #[test]
+    fn ttl_removes_from_the_middle_of_a_band_and_from_flight() {
+        let l = limits(100, OverflowPolicy::DropOldest);
+        let mut h = Harness::new(1);
+        h.send(msg(Priority::Normal, 3, 1), None, &l);
+        h.send(msg(Priority::Normal, 3, 2), Some(10), &l);
+        h.send(msg(Priority::Normal, 3, 3), None, &l);
+        h.advance(10);
+        assert_eq!(h.m.stats().queued_per_band, [0, 0, 2, 0]);
+        assert_eq!(h.m.missed.manifest.expired, 1);
+        // In flight: delivered with a deadline, never acknowledged.
+        let mut rx = h.attach();
+        h.send(msg(Priority::Critical, 3, 4), Some(5), &l);
+        assert_eq!(rx.try_recv().unwrap().seq(), 1);
+        h.with(|m, cx| {
+            m.settle(1, cx.wheel);
+            m.fill_window(cx);
+        });
+        assert_eq!(h.m.stats().in_flight, 1);
+        assert_eq!(
+            rx.try_recv().unwrap().message().priority(),
+            Priority::Critical
+        );
+        h.advance(15);
+        assert_eq!(h.m.missed.manifest.expired, 1, "counted since the attach");
+        assert_eq!(h.m.in_flight_bytes, 0, "the expired payload is freed");
+        // Its copy may still wait in the outbox, so it keeps the window slot until acked.
+        assert_eq!((h.m.stats().in_flight, h.m.stats().queued()), (1, 1));
+        h.with(|m, cx| {
+            m.settle(2, cx.wheel);
+            m.fill_window(cx);
+        });
+        assert_eq!((h.m.stats().in_flight, h.m.stats().queued()), (1, 0));
+        // A new session never gets the expired message again.
+        let mut rx = h.attach();
+        assert_eq!(rx.try_recv().unwrap().seq(), 3);
+        assert!(rx.try_recv().is_err());
+        h.m.debug_check(1);
+        assert_eq!(h.wheel.len(), 0, "every timer accounted for");
+    }
+
+    #[test]
+    fn away_retention_depends_on_how_the_session_closed() {
+        let l = limits(10, OverflowPolicy::DropOldest);
+        for (reason, keep) in [(CloseReason::Normal, 1000), (CloseReason::Abnormal, 100)] {
+            let mut h = Harness::new(4);
+            let _rx = h.attach();
+            h.with(|m, cx| m.detach(reason, &RETENTION, cx));
+            h.send(msg(Priority::Low, 1, 1), None, &l);
+            assert_eq!(h.advance(keep - 1), 0);
+            assert_eq!(h.advance(keep), 1, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn idle_mailboxes_go_after_the_idle_time_and_a_message_keeps_them() {
+        let l = limits(10, OverflowPolicy::DropOldest);
+        let mut h = Harness::new(4);
+        h.with(|m, cx| m.schedule_removal(&RETENTION, cx));
+        assert_eq!(h.advance(49), 0);
+        h.send(msg(Priority::Low, 1, 1), None, &l);
+        assert_eq!(
+            h.advance(60),
+            0,
+            "no longer idle: kept for the away retention"
+        );
+        assert_eq!(h.advance(1000), 1);
     }
 
     /// Random operations on one mailbox, with the structural invariants checked after each
@@ -488,10 +892,8 @@ mod tests {
             rng ^= rng << 17;
             rng % n
         };
-        let window = 3;
-        let mut wake = WakeList::new();
         for round in 0..200 {
-            let limits = UserLimits {
+            let l = UserLimits {
                 max_messages: 1 + next(4) as usize,
                 max_bytes: 8 + next(40) as usize,
                 overflow: [
@@ -500,28 +902,26 @@ mod tests {
                     OverflowPolicy::Reject,
                 ][next(3) as usize],
             };
-            let mut m = Mailbox::new(Epoch(round));
+            let mut h = Harness::new(3);
+            h.m.epoch = Epoch(round);
+            h.with(|m, cx| m.schedule_removal(&RETENTION, cx));
             let mut rx: Option<outbox::OutboxReceiver<Delivery>> = None;
             let mut last_seq = 0;
             for step in 0..60 {
-                match next(6) {
+                match next(7) {
                     0 | 1 => {
                         let p = Priority::ALL[next(4) as usize];
-                        m.accept(
-                            msg(p, next(12) as usize, step),
-                            window,
-                            &limits,
-                            5,
-                            &mut wake,
-                        );
+                        let ttl = [None, Some(1), Some(30)][next(3) as usize];
+                        h.send(msg(p, next(12) as usize, step), ttl, &l);
                     }
                     2 => {
-                        let (l, r) = live(window);
+                        let (tx, r) = outbox::channel(h.window);
+                        let shared = Arc::new(SessionShared::new(UserId::new("u").unwrap()));
                         let resume = Some(ResumePoint {
                             epoch: Epoch(round),
                             last_seq,
                         });
-                        m.attach(l, resume, true, window, &mut wake);
+                        h.with(|m, cx| m.attach(Live::new(tx, shared), resume, true, cx));
                         rx = Some(r);
                         last_seq = 0;
                     }
@@ -535,20 +935,27 @@ mod tests {
                     }
                     4 => {
                         if rx.is_some() {
-                            m.settle(last_seq);
-                            m.fill_window(window, &mut wake);
+                            h.with(|m, cx| {
+                                m.settle(last_seq, cx.wheel);
+                                m.fill_window(cx);
+                            });
+                        }
+                    }
+                    5 => {
+                        let to = h.now + next(20);
+                        if h.advance(to) > 0 {
+                            break; // the mailbox would be removed by its shard here
                         }
                     }
                     _ => {
                         if rx.take().is_some() {
-                            m.detach(CloseReason::Abnormal);
+                            h.with(|m, cx| m.detach(CloseReason::Abnormal, &RETENTION, cx));
                         }
                     }
                 }
-                wake.flush();
-                m.debug_check(window);
-                assert!(m.queued_bytes <= limits.max_bytes);
-                assert!(m.queued <= limits.max_messages);
+                h.m.debug_check(h.window);
+                assert!(h.m.queued_bytes <= l.max_bytes);
+                assert!(h.m.queued <= l.max_messages);
             }
         }
     }

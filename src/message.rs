@@ -289,8 +289,9 @@ impl Message {
         self
     }
 
-    /// Sets how long the message may wait for delivery (enforced once TTL support lands; the
-    /// value is carried now).
+    /// Sets how long the message may wait to be acknowledged, counted from when the engine
+    /// accepts it. Once it expires it is removed wherever it waits (in a band, or in flight
+    /// and unacknowledged) and never delivered after; the user's missed manifest counts it.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self

@@ -71,8 +71,11 @@ pub struct MissedManifest {
     pub rejected: u64,
     /// Refused by the engine-wide memory budget.
     pub shed: u64,
-    /// Expired before delivery (counted once TTL support lands).
+    /// Expired before they were acknowledged: waiting in a band, or delivered to a session
+    /// that did not acknowledge them in time.
     pub expired: u64,
+    /// Copies refused as duplicates (not a loss: the first copy was kept; not in `total`).
+    pub deduplicated: u64,
     /// Ids of the most recent dropped messages that had ids, oldest first.
     pub ids: Vec<MessageId>,
 }

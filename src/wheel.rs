@@ -76,12 +76,8 @@ impl<T> Wheel<T> {
         }
     }
 
-    /// The tick the wheel has advanced to.
-    pub(crate) fn now(&self) -> u64 {
-        self.now
-    }
-
     /// Number of pending entries.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }

@@ -1,0 +1,411 @@
+//! A shard's worker: the one thread that owns the mailboxes of the users hashed to its shard,
+//! with their timing wheel and duplicate filter.
+//!
+//! Every rule of the engine (priority order, overflow, seq and acks, the window, TTLs, away
+//! retention, dedup, the memory budget) is plain sequential code on data this thread alone
+//! owns. One pass: read the clock once, fire due timers, take a batch of commands, apply every
+//! pending signal, wake each session that got deliveries once. With nothing to do the worker
+//! parks until work arrives or the next timer is due.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::budget::BudgetView;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::dedup::DedupWindow;
+use crate::loom::Arc;
+use crate::mailbox::{Ctx, Dropped, Live, Loss, Mailbox, Retention, Timer, WakeList};
+use crate::message::{Message, Prehashed, RejectReason, SendOutcome, UserId};
+use crate::ring::mpsc;
+use crate::session::{Epoch, SessionShared, END_SHUTDOWN};
+use crate::shard::{Command, ConnectRequest, ShardShared};
+use crate::wheel::Wheel;
+use crate::ConnectError;
+
+/// Commands a worker takes from its inbox before it looks at timers and signals again.
+const BATCH: usize = 256;
+
+/// The longest a worker sleeps with no timer due; a safety net, not a timer.
+const IDLE_PARK: Duration = Duration::from_secs(1);
+
+/// The shard's mailboxes: a slab (so timers can name a mailbox by its slot) and an index by
+/// user, created on first use up to a maximum.
+struct Mailboxes {
+    index: HashMap<UserId, u32, Prehashed>,
+    slots: Vec<Option<(UserId, Mailbox)>>,
+    free: Vec<u32>,
+    max: usize,
+    rng: u64,
+}
+
+impl Mailboxes {
+    fn slot_of(&self, user: &UserId) -> Option<u32> {
+        self.index.get(user).copied()
+    }
+
+    fn at(&mut self, slot: u32) -> Option<&mut Mailbox> {
+        self.slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.as_mut().map(|(_, m)| m))
+    }
+
+    /// The user's slot, creating a mailbox with a fresh epoch unless the shard is full.
+    /// Returns whether it was created.
+    fn get_or_create(
+        &mut self,
+        user: &UserId,
+        now: u64,
+        retention: &Retention,
+    ) -> Option<(u32, bool)> {
+        if let Some(slot) = self.slot_of(user) {
+            return Some((slot, false));
+        }
+        if self.index.len() >= self.max {
+            return None;
+        }
+        let mailbox = Mailbox::new(Epoch(self.next_random()), now, retention);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some((user.clone(), mailbox));
+                slot
+            }
+            None => {
+                self.slots.push(Some((user.clone(), mailbox)));
+                u32::try_from(self.slots.len() - 1).expect("more than 4G mailboxes in a shard")
+            }
+        };
+        self.index.insert(user.clone(), slot);
+        Some((slot, true))
+    }
+
+    fn remove(&mut self, slot: u32) -> Option<Mailbox> {
+        let (user, mailbox) = self.slots.get_mut(slot as usize)?.take()?;
+        self.index.remove(&user);
+        self.free.push(slot);
+        if self.index.is_empty() {
+            // Give the slab's memory back when a shard empties out.
+            self.slots = Vec::new();
+            self.free = Vec::new();
+        }
+        Some(mailbox)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Mailbox> {
+        self.slots.iter_mut().flatten().map(|(_, m)| m)
+    }
+
+    /// splitmix64: epochs need to differ between mailbox lives, not be secret.
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The worker: the single writer of its shard's mailboxes.
+pub(crate) struct Worker {
+    shard: Arc<ShardShared>,
+    inbox: mpsc::Receiver<Command>,
+    config: Arc<Config>,
+    clock: Clock,
+    now: u64,
+    retention: Retention,
+    default_ttl_ms: [Option<u64>; 4],
+    mailboxes: Mailboxes,
+    wheel: Wheel<Timer>,
+    fired: Vec<Timer>,
+    dedup: DedupWindow,
+    budget: BudgetView,
+    wake: WakeList,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Worker {
+    pub(crate) fn new(
+        shard: Arc<ShardShared>,
+        inbox: mpsc::Receiver<Command>,
+        config: Arc<Config>,
+        budget: BudgetView,
+        seed: u64,
+    ) -> Self {
+        let mailboxes = Mailboxes {
+            index: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            max: config.max_users.div_ceil(config.shards),
+            rng: seed,
+        };
+        let retention = Retention {
+            after_normal_ms: ms(config.keep_after_normal),
+            after_abnormal_ms: ms(config.keep_after_abnormal),
+            idle_ms: ms(config.idle_timeout),
+        };
+        let dedup = DedupWindow::new(
+            config.dedup,
+            ms(config.dedup_window),
+            config.dedup_max_entries,
+        );
+        let clock = config.clock.clone();
+        Self {
+            shard,
+            inbox,
+            default_ttl_ms: config.default_ttl.map(|t| t.map(ms)),
+            now: clock.now_ms(),
+            clock,
+            retention,
+            mailboxes,
+            wheel: Wheel::new(),
+            fired: Vec::new(),
+            dedup,
+            budget,
+            wake: WakeList::new(),
+            config,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            if self.pass() > 0 {
+                continue;
+            }
+            if self.shard.is_stopping() {
+                break;
+            }
+            let timeout = match self.wheel.next_deadline() {
+                // A manual clock moves only by hand, and `barrier` wakes the worker then.
+                Some(at) if !self.clock.is_manual() => {
+                    Duration::from_millis(at.saturating_sub(self.now)).min(IDLE_PARK)
+                }
+                _ => IDLE_PARK,
+            };
+            self.shard.park(timeout, &self.inbox);
+        }
+        self.finish();
+    }
+
+    /// One pass: timers due by now, a batch of commands, every pending signal, then wake-ups.
+    /// Returns how much work it did.
+    fn pass(&mut self) -> usize {
+        self.now = self.clock.now_ms();
+        self.budget.refresh();
+        self.dedup.tick(self.now);
+        let mut did = self.fire_timers();
+        let mut taken = 0;
+        while taken < BATCH {
+            let Some(cmd) = self.inbox.pop() else { break };
+            self.handle(cmd);
+            taken += 1;
+        }
+        if taken > 0 {
+            self.shard.space_freed();
+        }
+        did += taken + self.drain_signals();
+        self.wake.flush();
+        self.budget.publish();
+        did
+    }
+
+    /// Processes what is left in the inbox and ends every session.
+    fn finish(&mut self) {
+        while self.pass() > 0 {}
+        for mailbox in self.mailboxes.iter_mut() {
+            mailbox.end_session(END_SHUTDOWN);
+        }
+    }
+
+    fn fire_timers(&mut self) -> usize {
+        self.wheel.advance(self.now, &mut self.fired);
+        let fired = std::mem::take(&mut self.fired);
+        let n = fired.len();
+        for timer in &fired {
+            match *timer {
+                Timer::Queued { mailbox: slot, .. } | Timer::InFlight { mailbox: slot, .. } => {
+                    let missed_ids = self.config.missed_ids;
+                    if let Some(m) = self.mailboxes.at(slot) {
+                        let dropped = m.expire(*timer, missed_ids);
+                        self.budget.release(dropped.bytes);
+                        self.with_mailbox(slot, |m, cx, r| {
+                            // An expiry may leave an away mailbox idle, or free the window.
+                            m.schedule_removal(r, cx);
+                            m.fill_window(cx);
+                        });
+                    }
+                }
+                Timer::Remove { mailbox: slot } => {
+                    if let Some(mut m) = self.mailboxes.remove(slot) {
+                        m.removal_fired();
+                        let Dropped { bytes, .. } = m.dismantle(&mut self.wheel);
+                        self.budget.release(bytes);
+                    }
+                }
+            }
+        }
+        self.fired = fired;
+        self.fired.clear();
+        n
+    }
+
+    /// Runs `f` on the mailbox in `slot` with a context, keeping the budget in step with what
+    /// the mailbox holds.
+    fn with_mailbox<R>(
+        &mut self,
+        slot: u32,
+        f: impl FnOnce(&mut Mailbox, &mut Ctx<'_>, &Retention) -> R,
+    ) -> Option<R> {
+        let mailbox = self.mailboxes.at(slot)?;
+        let mut cx = Ctx {
+            wheel: &mut self.wheel,
+            wake: &mut self.wake,
+            now: self.now,
+            slot,
+            window: self.config.window,
+            missed_ids: self.config.missed_ids,
+        };
+        let before = mailbox.held_bytes();
+        let result = f(mailbox, &mut cx, &self.retention);
+        self.budget.adjust(before, mailbox.held_bytes());
+        Some(result)
+    }
+
+    fn drain_signals(&mut self) -> usize {
+        let mut n = 0;
+        for node in self.shard.take_signals() {
+            self.on_signal(&node);
+            n += 1;
+        }
+        n
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send {
+                user,
+                message,
+                reply,
+            } => {
+                let outcome = self.accept(&user, message);
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Command::Connect(req) => self.connect(*req),
+            Command::SetLimits { user, limits } => {
+                if let Some((slot, _)) =
+                    self.mailboxes
+                        .get_or_create(&user, self.now, &self.retention)
+                {
+                    self.with_mailbox(slot, |m, cx, r| {
+                        m.set_limits(limits);
+                        m.schedule_removal(r, cx);
+                    });
+                }
+            }
+            Command::Barrier(reply) => {
+                // Signals pushed before this command was pushed are in the list now.
+                self.drain_signals();
+                self.wake.flush();
+                self.budget.publish();
+                let _ = reply.send(());
+            }
+            Command::Inspect { user, reply } => {
+                let stats = self
+                    .mailboxes
+                    .slot_of(&user)
+                    .and_then(|slot| self.mailboxes.at(slot))
+                    .map(|m| m.stats());
+                let _ = reply.send(stats);
+            }
+        }
+    }
+
+    fn accept(&mut self, user: &UserId, message: Message) -> SendOutcome {
+        let fingerprint = self.dedup.fingerprint(user, &message);
+        if let Some(fp) = fingerprint {
+            if self.dedup.seen(fp) {
+                if let Some(slot) = self.mailboxes.slot_of(user) {
+                    self.with_mailbox(slot, |m, _, _| m.record_duplicate());
+                }
+                return SendOutcome::Duplicate;
+            }
+        }
+        if !self.budget.admits(message.priority(), message.cost()) {
+            // Recorded on an existing mailbox only: under memory pressure, creating mailboxes
+            // to note losses would make it worse.
+            if let Some(slot) = self.mailboxes.slot_of(user) {
+                let ids = self.config.missed_ids;
+                self.with_mailbox(slot, |m, _, _| m.record_loss(Loss::Shed, message.id(), ids));
+            }
+            return SendOutcome::Rejected(RejectReason::MemoryBudget);
+        }
+        let Some((slot, _)) = self
+            .mailboxes
+            .get_or_create(user, self.now, &self.retention)
+        else {
+            return SendOutcome::Rejected(RejectReason::TooManyUsers);
+        };
+        let ttl = message
+            .ttl()
+            .map(ms)
+            .or(self.default_ttl_ms[message.priority().index()]);
+        let expires_at = ttl.map(|t| self.now.saturating_add(t));
+        let defaults = self.config.user_limits;
+        let outcome = self
+            .with_mailbox(slot, |m, cx, r| {
+                let outcome = m.accept(message, expires_at, &defaults, cx);
+                if !m.is_live() {
+                    m.schedule_removal(r, cx);
+                }
+                outcome
+            })
+            .expect("slot was just looked up");
+        if let (Some(fp), SendOutcome::Delivered | SendOutcome::Queued { .. }) =
+            (fingerprint, outcome)
+        {
+            self.dedup.record(fp);
+        }
+        outcome
+    }
+
+    fn connect(&mut self, req: ConnectRequest) {
+        if req.shared.close_requested().is_some() {
+            // The connecting caller gave up before we got here.
+            return;
+        }
+        let Some((slot, created)) =
+            self.mailboxes
+                .get_or_create(&req.user, self.now, &self.retention)
+        else {
+            let _ = req.reply.send(Err(ConnectError::TooManyUsers));
+            return;
+        };
+        let live = Live::new(req.outbox, req.shared);
+        let resume = req.resume;
+        let info = self
+            .with_mailbox(slot, |m, cx, _| m.attach(live, resume, !created, cx))
+            .expect("slot was just looked up");
+        let _ = req.reply.send(Ok(info));
+    }
+
+    fn on_signal(&mut self, node: &Arc<SessionShared>) {
+        let Some(slot) = self.mailboxes.slot_of(&node.user) else {
+            return;
+        };
+        self.with_mailbox(slot, |m, cx, r| {
+            if !m.is_attached(node) {
+                return; // a replaced session's late ack or close
+            }
+            m.settle(node.acked(), cx.wheel);
+            if let Some(reason) = node.close_requested() {
+                m.detach(reason, r, cx);
+            } else {
+                m.fill_window(cx);
+            }
+        });
+    }
+}
