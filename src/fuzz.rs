@@ -496,6 +496,9 @@ struct ModelUser {
 struct Model {
     setup: Setup,
     users: [ModelUser; VALID_USERS],
+    /// (user, id) of every accepted message with an id: the dedup window never rotates
+    /// within one input (it lasts two minutes).
+    accepted_ids: std::collections::HashSet<(usize, String)>,
 }
 
 impl Model {
@@ -572,6 +575,26 @@ impl Model {
                 });
             }
         }
+        // The engine's default dedup: an id already accepted for this user is a duplicate.
+        let key = m.id().map(|id| (user, id.as_str().to_owned()));
+        if let Some(key) = &key {
+            if self.accepted_ids.contains(key) {
+                if let Some(b) = self.users[user].mailbox.as_mut() {
+                    b.missed.deduplicated += 1;
+                }
+                return Ok(SendOutcome::Duplicate);
+            }
+        }
+        let outcome = self.admit(user, m)?;
+        if let (Some(key), SendOutcome::Delivered | SendOutcome::Queued { .. }) = (key, outcome) {
+            self.accepted_ids.insert(key);
+        }
+        Ok(outcome)
+    }
+
+    /// A valid, non-duplicate send: budget, mailbox, window, overflow.
+    fn admit(&mut self, user: usize, m: &Message) -> Result<SendOutcome, InvalidInput> {
+        let len = m.payload().len();
         let keep = self.setup.missed_ids;
         if self.held() + len > self.threshold(m.priority()) {
             if let Some(b) = self.users[user].mailbox.as_mut() {
@@ -853,6 +876,7 @@ impl Harness {
             model: Model {
                 setup,
                 users: Default::default(),
+                accepted_ids: Default::default(),
             },
             sends: 0,
         }
@@ -908,7 +932,7 @@ impl Harness {
         let m = Message::new(Bytes::from(payload)).with_priority(priority);
         match id {
             IdSpec::None => m,
-            IdSpec::Valid => m.with_id(format!("{}", n % 1000)),
+            IdSpec::Valid => m.with_id(format!("{}", n % 8)), // small, so ids repeat and dedup runs
             IdSpec::Empty => m.with_id(""),
             IdSpec::TooLong => m.with_id(format!("{:04}", n % 10_000)),
         }
