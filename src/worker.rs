@@ -377,6 +377,11 @@ impl Worker {
             // The connecting caller gave up before we got here.
             return;
         }
+        // Acks and closes the previous session sent before this connect was issued are in the
+        // signal list now (the connect's pop synchronises with its push). Apply them first:
+        // once replaced, that session's signals are ignored, and an ack that returned Ok must
+        // not be lost.
+        self.drain_signals();
         let Some((slot, created)) =
             self.mailboxes
                 .get_or_create(&req.user, self.now, &self.retention)
