@@ -55,7 +55,7 @@ mod park;
 pub mod ring;
 mod session;
 mod shard;
-mod wheel;
+pub mod wheel;
 mod worker;
 
 #[cfg(any(test, fuzzing))]

@@ -32,7 +32,7 @@ const NIL: u32 = u32::MAX;
 
 /// Identifies one inserted entry; stale once the entry fires or is cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TimerHandle {
+pub struct TimerHandle {
     index: u32,
     generation: u32,
 }
@@ -53,7 +53,25 @@ struct Level {
     heads: [u32; SLOTS],
 }
 
-pub(crate) struct Wheel<T> {
+/// A hierarchical timing wheel of values of type `T` with 1 ms ticks (see the module docs).
+///
+/// ```
+/// use tether::wheel::Wheel;
+///
+/// let mut wheel = Wheel::new();
+/// let a = wheel.insert(50, "a");
+/// wheel.insert(70_000, "b"); // lands on a higher level and cascades down later
+/// assert_eq!(wheel.next_deadline(), Some(50));
+/// assert_eq!(wheel.cancel(a), Some("a"));
+///
+/// let mut fired = Vec::new();
+/// wheel.advance(69_999, &mut fired);
+/// assert!(fired.is_empty());
+/// wheel.advance(70_000, &mut fired);
+/// assert_eq!(fired, ["b"]);
+/// assert!(wheel.is_empty());
+/// ```
+pub struct Wheel<T> {
     /// The tick the wheel has advanced to; every entry's deadline is at or after it.
     now: u64,
     levels: [Level; LEVELS],
@@ -62,8 +80,15 @@ pub(crate) struct Wheel<T> {
     len: usize,
 }
 
+impl<T> Default for Wheel<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T> Wheel<T> {
-    pub(crate) fn new() -> Self {
+    /// An empty wheel at tick 0.
+    pub fn new() -> Self {
         Self {
             now: 0,
             levels: std::array::from_fn(|_| Level {
@@ -77,14 +102,18 @@ impl<T> Wheel<T> {
     }
 
     /// Number of pending entries.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// True if no entry is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Adds `value` to fire at tick `deadline` (a deadline in the past fires on the next
     /// advance; one beyond the horizon is clamped to it).
-    pub(crate) fn insert(&mut self, deadline: u64, value: T) -> TimerHandle {
+    pub fn insert(&mut self, deadline: u64, value: T) -> TimerHandle {
         let deadline = deadline.clamp(self.now, self.now + HORIZON - 1);
         let index = if self.free != NIL {
             let index = self.free;
@@ -116,7 +145,7 @@ impl<T> Wheel<T> {
 
     /// Removes the entry and returns its value, or `None` if it already fired or was
     /// cancelled.
-    pub(crate) fn cancel(&mut self, handle: TimerHandle) -> Option<T> {
+    pub fn cancel(&mut self, handle: TimerHandle) -> Option<T> {
         let e = self.entries.get(handle.index as usize)?;
         if e.generation != handle.generation || e.value.is_none() {
             return None;
@@ -127,13 +156,13 @@ impl<T> Wheel<T> {
 
     /// The tick of the earliest pending entry's slot: no entry fires before it. `None` when
     /// the wheel is empty. The worker parks no longer than until then.
-    pub(crate) fn next_deadline(&self) -> Option<u64> {
+    pub fn next_deadline(&self) -> Option<u64> {
         self.next_slot().map(|(_, _, start)| start)
     }
 
     /// Advances to tick `now` and moves every entry due by then into `fired` (in slot order,
     /// not strictly by deadline). Time never goes backwards: an earlier `now` does nothing.
-    pub(crate) fn advance(&mut self, now: u64, fired: &mut Vec<T>) {
+    pub fn advance(&mut self, now: u64, fired: &mut Vec<T>) {
         while let Some((level, slot, start)) = self.next_slot() {
             if start > now {
                 break;
