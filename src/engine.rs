@@ -279,8 +279,9 @@ impl Engine {
     }
 
     /// Returns once every send, connect, ack and close issued (on this thread, or seen to
-    /// complete by it) before the call has taken effect in its shard, and sessions have been
-    /// woken for what was delivered. Useful in tests and before reading
+    /// complete by it) before the call has taken effect in its shard, every timer due by the
+    /// engine's clock at that moment has fired, and sessions have been woken for what was
+    /// delivered. Useful in tests and before reading
     /// [`memory_used`](Self::memory_used).
     ///
     /// ```

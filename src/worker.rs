@@ -307,6 +307,10 @@ impl Worker {
                 }
             }
             Command::Barrier(reply) => {
+                // Everything due by the time the barrier was issued fires before it returns,
+                // even if this pass read the clock earlier (a manual clock moved meanwhile).
+                self.now = self.clock.now_ms();
+                self.fire_timers();
                 // Signals pushed before this command was pushed are in the list now.
                 self.drain_signals();
                 self.wake.flush();
