@@ -275,7 +275,6 @@ impl<T> Wheel<T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn fire(w: &mut Wheel<u32>, now: u64) -> Vec<u32> {
         let mut out = Vec::new();
@@ -383,62 +382,21 @@ mod tests {
         assert_eq!(fire(&mut w, 1000), [1]);
     }
 
-    /// Random inserts, cancels and advances, checked against a `BTreeMap` of deadlines: the
-    /// wheel returns exactly the entries whose deadline has passed, never early, never twice.
+    /// Random operations against a `BTreeMap` model (the model lives with the fuzz target,
+    /// `crate::fuzz::wheel_ops`, so the fuzzer and this test check the same thing).
     #[test]
     fn matches_btreemap_model() {
-        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        for _round in 0..50 {
-            let mut w = Wheel::new();
-            let mut model: BTreeMap<u32, u64> = BTreeMap::new();
-            let mut handles = Vec::new();
-            let mut now = 0u64;
-            let mut id = 0u32;
-            for _ in 0..2000 {
-                match next() % 10 {
-                    0..=4 => {
-                        let spans = [10u64, 100, 5_000, 300_000, 20_000_000, 1 << 40];
-                        let delta = next() % spans[(next() % 6) as usize];
-                        let deadline = now + delta;
-                        handles.push((w.insert(deadline, id), id));
-                        model.insert(id, deadline.min(now + HORIZON - 1));
-                        id += 1;
-                    }
-                    5 | 6 => {
-                        if !handles.is_empty() {
-                            let (h, i) = handles.swap_remove((next() as usize) % handles.len());
-                            assert_eq!(w.cancel(h), model.remove(&i).map(|_| i));
-                        }
-                    }
-                    _ => {
-                        let steps = [1u64, 50, 4_000, 1_000_000, 50_000_000];
-                        now += next() % steps[(next() % 5) as usize];
-                        let got = fire(&mut w, now);
-                        let mut due: Vec<u32> = model
-                            .iter()
-                            .filter(|(_, d)| **d <= now)
-                            .map(|(i, _)| *i)
-                            .collect();
-                        due.sort_unstable();
-                        for i in &due {
-                            model.remove(i);
-                        }
-                        assert_eq!(got, due, "at {now}");
-                        if let Some(next_deadline) = w.next_deadline() {
-                            let earliest = model.values().min().copied().unwrap();
-                            assert!(next_deadline <= earliest, "never sleeps past a deadline");
-                            assert!(next_deadline > now);
-                        }
-                    }
-                }
-                assert_eq!(w.len(), model.len());
-            }
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..50 {
+            let data: Vec<u8> = (0..6000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            crate::fuzz::wheel_ops(&data);
         }
     }
 }
