@@ -42,6 +42,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod backoff;
 mod budget;
 mod clock;
 mod config;
@@ -62,6 +63,7 @@ mod worker;
 #[doc(hidden)]
 pub mod fuzz;
 
+pub use backoff::Backoff;
 pub use clock::Clock;
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use dedup::DedupMode;
