@@ -78,6 +78,11 @@ impl BudgetView {
         self.local = self.local + after as u64 - before as u64;
     }
 
+    /// Bytes this shard holds.
+    pub(crate) fn local(&self) -> u64 {
+        self.local
+    }
+
     /// Records bytes this shard no longer holds.
     pub(crate) fn release(&mut self, bytes: u64) {
         self.local -= bytes;

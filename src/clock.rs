@@ -56,9 +56,14 @@ impl Clock {
 
     /// Milliseconds since the clock started.
     pub fn now_ms(&self) -> u64 {
+        self.now_us() / 1000
+    }
+
+    /// Microseconds since the clock started (a manual clock moves in whole milliseconds).
+    pub fn now_us(&self) -> u64 {
         match &self.0 {
-            Source::System(start) => u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
-            Source::Manual(ms) => ms.load(Ordering::Relaxed),
+            Source::System(start) => u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Source::Manual(ms) => ms.load(Ordering::Relaxed).saturating_mul(1000),
         }
     }
 

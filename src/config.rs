@@ -99,6 +99,7 @@ pub struct Config {
     pub(crate) dedup_window: Duration,
     pub(crate) dedup_max_entries: usize,
     pub(crate) clock: Clock,
+    pub(crate) latency_metrics: bool,
 }
 
 impl Config {
@@ -171,6 +172,7 @@ impl Default for EngineBuilder {
                 dedup_window: Duration::from_secs(120),
                 dedup_max_entries: 500_000,
                 clock: Clock::system(),
+                latency_metrics: true,
             },
         }
     }
@@ -300,6 +302,13 @@ impl EngineBuilder {
     /// window rotates early. Default 500,000 (about 10 MiB per shard when full). At least 1.
     pub fn dedup_max_entries(mut self, n: usize) -> Self {
         self.config.dedup_max_entries = n;
+        self
+    }
+
+    /// Whether shards record the enqueue-to-delivery and delivery-to-ack latency histograms.
+    /// Counters and gauges are always kept (they cost a plain increment). Default true.
+    pub fn latency_metrics(mut self, on: bool) -> Self {
+        self.config.latency_metrics = on;
         self
     }
 

@@ -12,9 +12,11 @@ use crate::error::{ConfigError, ConnectError, InvalidInput, SendError, TrySendEr
 use crate::loom::{thread, Arc, AtomicBool, Ordering};
 use crate::mailbox::MailboxStats;
 use crate::message::{Message, SendOutcome, UserId};
+use crate::metrics::MetricsSnapshot;
 use crate::ring::{mpsc, outbox, Full};
 use crate::session::{ResumePoint, Session, SessionShared};
 use crate::shard::{Command, ConnectRequest, ShardShared};
+use crate::shutdown::{ShutdownOptions, ShutdownReport};
 use crate::worker::Worker;
 
 /// The messaging engine. Cheap to clone; every clone is a handle to the same shards. The
@@ -305,6 +307,61 @@ impl Engine {
         for rx in replies {
             let _ = rx.await;
         }
+    }
+
+    /// The engine's metrics now: counters summed over shards as each last published them
+    /// (once per worker pass), gauges, latency histograms. Cheap: no shard is interrupted.
+    /// After [`barrier`](Self::barrier) it includes everything issued before.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let mut snapshot = MetricsSnapshot {
+            memory_budget_bytes: self.inner.budget.limit(),
+            ..MetricsSnapshot::default()
+        };
+        for shard in self.inner.shards.iter() {
+            shard.metrics.add_to(&mut snapshot);
+        }
+        snapshot
+    }
+
+    /// Shuts the engine down gracefully: stops accepting sends (they get `ShuttingDown` with
+    /// the message back), flushes pending messages to live sessions for at most
+    /// `options.flush`, ends sessions if asked, stops every worker and timer, and reports
+    /// what happened to every pending message. A second call reports nothing more.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::{Engine, Message, ShutdownOptions, SendError, UserId};
+    ///
+    /// let engine = Engine::builder().shards(2).build().unwrap();
+    /// let away = UserId::new("away").unwrap();
+    /// engine.send(&away, Message::new("kept")).await.unwrap();
+    /// let report = engine.shutdown(ShutdownOptions::default()).await;
+    /// assert_eq!((report.kept, report.workers_stopped), (1, 2));
+    /// assert!(matches!(
+    ///     engine.send(&away, Message::new("late")).await,
+    ///     Err(SendError::ShuttingDown(_))
+    /// ));
+    /// # });
+    /// ```
+    pub async fn shutdown(&self, options: ShutdownOptions) -> ShutdownReport {
+        let started = std::time::Instant::now();
+        self.inner.closing.store(true, Ordering::Release);
+        let mut replies = Vec::with_capacity(self.inner.shards.len());
+        for shard in self.inner.shards.iter() {
+            let (tx, rx) = oneshot::channel();
+            let cmd = Command::Shutdown { options, reply: tx };
+            if shard.push_wait(cmd).await.is_ok() {
+                replies.push(rx);
+            }
+        }
+        let mut report = ShutdownReport::default();
+        for rx in replies {
+            if let Ok(shard) = rx.await {
+                report.add(&shard);
+            }
+        }
+        report.duration = started.elapsed();
+        report
     }
 
     /// A snapshot of `user`'s mailbox, or `None` if the user has none.

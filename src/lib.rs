@@ -52,10 +52,12 @@ mod error;
 mod loom;
 mod mailbox;
 mod message;
+mod metrics;
 mod park;
 pub mod ring;
 mod session;
 mod shard;
+mod shutdown;
 pub mod wheel;
 mod worker;
 
@@ -73,10 +75,12 @@ pub use mailbox::MailboxStats;
 pub use message::{
     Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart, UserId,
 };
+pub use metrics::{Counters, Gauges, Histogram, MetricsSnapshot, UserCounters};
 pub use session::{
     CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResumePoint,
     Session, TryRecvError,
 };
+pub use shutdown::{ShutdownOptions, ShutdownReport};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

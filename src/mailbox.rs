@@ -19,12 +19,23 @@ use std::collections::VecDeque;
 use crate::config::{OverflowPolicy, UserLimits};
 use crate::loom::Arc;
 use crate::message::{Delivery, Message, MessageId, RejectReason, SendOutcome};
+use crate::metrics::{Gauges, ShardRecorder, UserCounters};
 use crate::ring::outbox::{OutboxNotifier, OutboxSender};
 use crate::session::{
     ConnectInfo, Epoch, MissedManifest, ResumePoint, SessionShared, END_REPLACED,
 };
 use crate::wheel::{TimerHandle, Wheel};
 use crate::CloseReason;
+
+/// The queue-depth gauge of band `b`.
+fn band_gauge(g: &mut Gauges, b: usize) -> &mut u64 {
+    match b {
+        0 => &mut g.queued_critical,
+        1 => &mut g.queued_high,
+        2 => &mut g.queued_normal,
+        _ => &mut g.queued_low,
+    }
+}
 
 /// A band's ring keeps up to this many slots of spare capacity once it empties; beyond that
 /// the memory goes back to the allocator.
@@ -47,8 +58,11 @@ pub(crate) enum Timer {
 pub(crate) struct Ctx<'a> {
     pub(crate) wheel: &'a mut Wheel<Timer>,
     pub(crate) wake: &'a mut WakeList,
-    /// The shard's clock, read once per pass, in ms.
+    /// The shard's clock, read once per pass, in ms (timers) and µs (latency).
     pub(crate) now: u64,
+    pub(crate) now_us: u64,
+    /// The shard's counters and gauges.
+    pub(crate) rec: &'a mut ShardRecorder,
     /// This mailbox's slot in the shard's slab.
     pub(crate) slot: u32,
     pub(crate) window: usize,
@@ -74,6 +88,8 @@ struct Queued {
     tag: u64,
     message: Message,
     expiry: Option<Expiry>,
+    /// When the shard accepted it (µs), for the enqueue-to-delivery latency.
+    since_us: u64,
 }
 
 /// A delivered, unacknowledged message. After its TTL passes, `message` is `None`: the payload
@@ -84,6 +100,8 @@ struct InFlight {
     seq: u64,
     message: Option<Message>,
     expiry: Option<Expiry>,
+    /// When it entered the window (µs), for the delivery-to-ack latency.
+    delivered_us: u64,
 }
 
 impl InFlight {
@@ -161,6 +179,8 @@ pub struct MailboxStats {
     pub connected: bool,
     /// Losses recorded since the last connect (they go into the next connect's manifest).
     pub missed: u64,
+    /// This user's event counts since the mailbox was created.
+    pub counters: UserCounters,
 }
 
 impl MailboxStats {
@@ -211,6 +231,7 @@ pub(crate) struct Mailbox {
     away_until: u64,
     /// The pending removal timer and its deadline, while no session is attached.
     removal: Option<(TimerHandle, u64)>,
+    counters: UserCounters,
 }
 
 impl Mailbox {
@@ -233,6 +254,7 @@ impl Mailbox {
             missed: Missed::default(),
             away_until: now.saturating_add(retention.after_normal_ms),
             removal: None,
+            counters: UserCounters::default(),
         }
     }
 
@@ -255,6 +277,11 @@ impl Mailbox {
         self.limits = limits;
     }
 
+    /// Messages waiting in the bands.
+    pub(crate) fn queued_len(&self) -> usize {
+        self.queued
+    }
+
     pub(crate) fn is_live(&self) -> bool {
         self.live.is_some()
     }
@@ -275,32 +302,35 @@ impl Mailbox {
         defaults: &UserLimits,
         cx: &mut Ctx<'_>,
     ) -> SendOutcome {
+        self.counters.sent += 1;
         if self.window_has_room(cx.window) {
             debug_assert_eq!(self.queued, 0, "a window with room implies empty bands");
-            self.deliver(message, expires_at, cx);
+            let now_us = cx.now_us;
+            self.deliver(message, expires_at, now_us, cx);
             return SendOutcome::Delivered;
         }
         let limits = self.limits.unwrap_or(*defaults);
         let cost = message.cost();
         if cost > limits.max_bytes {
-            self.record_loss(Loss::Rejected, message.id(), cx.missed_ids);
+            self.record_loss(Loss::Rejected, message.id(), cx);
             return SendOutcome::Rejected(RejectReason::LargerThanMailbox);
         }
         let mut evicted = 0;
         if !self.fits(&limits, cost) {
+            cx.rec.counters.overflows += 1;
             match limits.overflow {
                 OverflowPolicy::Reject => {
-                    self.record_loss(Loss::Rejected, message.id(), cx.missed_ids);
+                    self.record_loss(Loss::Rejected, message.id(), cx);
                     return SendOutcome::Rejected(RejectReason::MailboxFull);
                 }
                 OverflowPolicy::DropNewest => {
-                    self.record_loss(Loss::Evicted, message.id(), cx.missed_ids);
+                    self.record_loss(Loss::Evicted, message.id(), cx);
                     return SendOutcome::Rejected(RejectReason::Dropped);
                 }
                 OverflowPolicy::DropOldest => match self.evict_for(&limits, &message, cx) {
                     Some(n) => evicted = n,
                     None => {
-                        self.record_loss(Loss::Evicted, message.id(), cx.missed_ids);
+                        self.record_loss(Loss::Evicted, message.id(), cx);
                         return SendOutcome::Rejected(RejectReason::Dropped);
                     }
                 },
@@ -340,8 +370,8 @@ impl Mailbox {
         while !self.fits(limits, cost) {
             let b = 7 - self.occupied.leading_zeros() as usize;
             debug_assert!(b >= lowest_eligible);
-            let victim = self.pop_band(b, cx.wheel);
-            self.record_loss(Loss::Evicted, victim.id(), cx.missed_ids);
+            let victim = self.pop_band(b, cx);
+            self.record_loss(Loss::Evicted, victim.id(), cx);
             evicted += 1;
         }
         Some(evicted)
@@ -370,22 +400,28 @@ impl Mailbox {
             tag,
             message,
             expiry,
+            since_us: cx.now_us,
         });
+        let g = &mut cx.rec.gauges;
+        *band_gauge(g, b) += 1;
+        g.max_queue_depth = g.max_queue_depth.max(self.queued as u64);
+        cx.rec.counters.queued += 1;
     }
 
     /// Takes the oldest message of band `b`, cancelling its timer.
-    fn pop_band(&mut self, b: usize, wheel: &mut Wheel<Timer>) -> Message {
+    fn pop_band(&mut self, b: usize, cx: &mut Ctx<'_>) -> Message {
         let q = self.bands[b]
             .pop_front()
             .expect("occupied bit set for an empty band");
         if let Some(e) = q.expiry {
-            wheel.cancel(e.timer);
+            cx.wheel.cancel(e.timer);
         }
-        self.after_band_removal(b, &q.message);
+        self.after_band_removal(b, &q.message, &mut cx.rec.gauges);
         q.message
     }
 
-    fn after_band_removal(&mut self, b: usize, message: &Message) {
+    fn after_band_removal(&mut self, b: usize, message: &Message, gauges: &mut Gauges) {
+        *band_gauge(gauges, b) -= 1;
         let band = &mut self.bands[b];
         if band.is_empty() {
             self.occupied &= !(1 << b);
@@ -404,8 +440,22 @@ impl Mailbox {
 
     /// Assigns the next seq, hands the message to the session and keeps it in flight until
     /// it is acknowledged or its deadline passes.
-    fn deliver(&mut self, message: Message, expires_at: Option<u64>, cx: &mut Ctx<'_>) {
+    fn deliver(
+        &mut self,
+        message: Message,
+        expires_at: Option<u64>,
+        since_us: u64,
+        cx: &mut Ctx<'_>,
+    ) {
         let live = self.live.as_mut().expect("deliver needs a live session");
+        self.counters.delivered += 1;
+        cx.rec.counters.delivered += 1;
+        cx.rec.gauges.in_flight += 1;
+        if cx.rec.latency {
+            cx.rec
+                .enqueue_to_delivery
+                .record(cx.now_us.saturating_sub(since_us));
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.in_flight_bytes += message.cost();
@@ -428,6 +478,7 @@ impl Mailbox {
             seq,
             message: Some(message),
             expiry,
+            delivered_us: cx.now_us,
         });
     }
 
@@ -439,19 +490,29 @@ impl Mailbox {
             if let Some(e) = q.expiry {
                 cx.wheel.cancel(e.timer);
             }
-            self.after_band_removal(b, &q.message);
-            self.deliver(q.message, q.expiry.map(|e| e.at), cx);
+            self.after_band_removal(b, &q.message, &mut cx.rec.gauges);
+            self.deliver(q.message, q.expiry.map(|e| e.at), q.since_us, cx);
         }
     }
 
     /// Settles every in-flight message with seq <= `upto` (a cumulative ack).
-    pub(crate) fn settle(&mut self, upto: u64, wheel: &mut Wheel<Timer>) {
+    pub(crate) fn settle(&mut self, upto: u64, cx: &mut Ctx<'_>) {
         while self.in_flight.front().is_some_and(|f| f.seq <= upto) {
             let f = self.in_flight.pop_front().expect("front exists");
             if let Some(e) = f.expiry {
-                wheel.cancel(e.timer);
+                cx.wheel.cancel(e.timer);
             }
             self.in_flight_bytes -= f.cost();
+            cx.rec.gauges.in_flight -= 1;
+            if f.message.is_some() {
+                self.counters.acknowledged += 1;
+                cx.rec.counters.acknowledged += 1;
+                if cx.rec.latency {
+                    cx.rec
+                        .delivery_to_ack
+                        .record(cx.now_us.saturating_sub(f.delivered_us));
+                }
+            }
         }
         if self.in_flight.is_empty() && self.in_flight.capacity() > KEEP_EMPTY_CAPACITY {
             self.in_flight = VecDeque::new();
@@ -460,7 +521,7 @@ impl Mailbox {
 
     /// Drops the message a TTL timer points at. Returns what was dropped (nothing if the
     /// message already left, which cannot happen while timers are cancelled on every exit).
-    pub(crate) fn expire(&mut self, timer: Timer, missed_ids: usize) -> Dropped {
+    pub(crate) fn expire(&mut self, timer: Timer, cx: &mut Ctx<'_>) -> Dropped {
         let message = match timer {
             Timer::Queued { band, tag, .. } => {
                 let b = band as usize;
@@ -469,7 +530,7 @@ impl Mailbox {
                     return Dropped::default();
                 };
                 let q = self.bands[b].remove(i).expect("index from binary search");
-                self.after_band_removal(b, &q.message);
+                self.after_band_removal(b, &q.message, &mut cx.rec.gauges);
                 q.message
             }
             Timer::InFlight { seq, .. } => {
@@ -487,7 +548,7 @@ impl Mailbox {
             }
             Timer::Remove { .. } => return Dropped::default(),
         };
-        self.record_loss(Loss::Expired, message.id(), missed_ids);
+        self.record_loss(Loss::Expired, message.id(), cx);
         Dropped {
             messages: 1,
             bytes: message.cost() as u64,
@@ -503,21 +564,30 @@ impl Mailbox {
         existed: bool,
         cx: &mut Ctx<'_>,
     ) -> ConnectInfo {
+        cx.rec.counters.connects += 1;
+        if existed {
+            cx.rec.counters.reconnections += 1;
+        }
         if let Some(old) = self.live.take() {
             old.outbox.end(END_REPLACED);
+            cx.rec.counters.replaced += 1;
+        } else {
+            cx.rec.gauges.sessions_active += 1;
         }
         if let Some((timer, _)) = self.removal.take() {
             cx.wheel.cancel(timer);
         }
         let recovered = match resume {
             Some(r) if existed && r.epoch == self.epoch && r.last_seq < self.next_seq => {
-                self.settle(r.last_seq, cx.wheel);
+                self.settle(r.last_seq, cx);
                 true
             }
             _ => false,
         };
         // Expired entries held window slots for the old outbox only.
+        let before = self.in_flight.len();
         self.in_flight.retain(|f| f.message.is_some());
+        cx.rec.gauges.in_flight -= (before - self.in_flight.len()) as u64;
         let mut live = live;
         for f in &self.in_flight {
             let message = f.message.clone().expect("expired entries were dropped");
@@ -525,6 +595,8 @@ impl Mailbox {
             debug_assert!(pushed.is_ok(), "outbox smaller than the window");
         }
         let redelivered = self.in_flight.len();
+        self.counters.redelivered += redelivered as u64;
+        cx.rec.counters.redelivered += redelivered as u64;
         if redelivered > 0 {
             cx.wake.add(&mut live);
         }
@@ -543,7 +615,13 @@ impl Mailbox {
     /// Detaches the live session after it closed, keeping the mailbox for the retention that
     /// goes with how it closed. In-flight messages stay, to be delivered again.
     pub(crate) fn detach(&mut self, reason: CloseReason, retention: &Retention, cx: &mut Ctx<'_>) {
-        self.live = None;
+        if self.live.take().is_some() {
+            cx.rec.gauges.sessions_active -= 1;
+            match reason {
+                CloseReason::Normal => cx.rec.counters.closed_normal += 1,
+                CloseReason::Abnormal => cx.rec.counters.closed_abnormal += 1,
+            }
+        }
         let keep = match reason {
             CloseReason::Normal => retention.after_normal_ms,
             CloseReason::Abnormal => retention.after_abnormal_ms,
@@ -552,11 +630,15 @@ impl Mailbox {
         self.schedule_removal(retention, cx);
     }
 
-    /// Ends the live session from the engine's side (shutdown).
-    pub(crate) fn end_session(&mut self, code: u8) {
-        if let Some(live) = self.live.take() {
-            live.outbox.end(code);
-        }
+    /// Ends the live session from the engine's side (shutdown). Returns whether one was live.
+    pub(crate) fn end_session(&mut self, code: u8, rec: &mut ShardRecorder) -> bool {
+        let Some(live) = self.live.take() else {
+            return false;
+        };
+        live.outbox.end(code);
+        rec.gauges.sessions_active -= 1;
+        rec.counters.closed_shutdown += 1;
+        true
     }
 
     /// Holds nothing worth keeping: no session, no message, no recorded loss.
@@ -601,8 +683,18 @@ impl Mailbox {
         self.removal = None;
     }
 
-    /// Cancels every timer and returns what the mailbox still held, before it is dropped.
-    pub(crate) fn dismantle(&mut self, wheel: &mut Wheel<Timer>) -> Dropped {
+    /// Cancels every timer and returns what the mailbox still held, before it is dropped; the
+    /// messages count as expired with their mailbox.
+    pub(crate) fn dismantle(
+        &mut self,
+        wheel: &mut Wheel<Timer>,
+        rec: &mut ShardRecorder,
+    ) -> Dropped {
+        for b in 0..4 {
+            *band_gauge(&mut rec.gauges, b) -= self.bands[b].len() as u64;
+        }
+        rec.gauges.in_flight -= self.in_flight.len() as u64;
+        rec.counters.expired += self.held_messages() as u64;
         for q in self.bands.iter().flatten() {
             if let Some(e) = q.expiry {
                 wheel.cancel(e.timer);
@@ -622,14 +714,19 @@ impl Mailbox {
         }
     }
 
-    pub(crate) fn record_loss(&mut self, loss: Loss, id: Option<&MessageId>, keep_ids: usize) {
-        let m = &mut self.missed.manifest;
+    pub(crate) fn record_loss(&mut self, loss: Loss, id: Option<&MessageId>, cx: &mut Ctx<'_>) {
+        let keep_ids = cx.missed_ids;
+        let (m, c, u) = (
+            &mut self.missed.manifest,
+            &mut cx.rec.counters,
+            &mut self.counters,
+        );
         match loss {
-            Loss::Evicted => m.evicted += 1,
-            Loss::Rejected => m.rejected += 1,
-            Loss::Shed => m.shed += 1,
-            Loss::Expired => m.expired += 1,
-        }
+            Loss::Evicted => (m.evicted += 1, c.evicted += 1, u.evicted += 1),
+            Loss::Rejected => (m.rejected += 1, c.rejected += 1, u.rejected += 1),
+            Loss::Shed => (m.shed += 1, c.shed += 1, u.shed += 1),
+            Loss::Expired => (m.expired += 1, c.expired += 1, u.expired += 1),
+        };
         if let (Some(id), true) = (id, keep_ids > 0) {
             if self.missed.ids.len() == keep_ids {
                 self.missed.ids.pop_front();
@@ -641,6 +738,7 @@ impl Mailbox {
     /// Counts a duplicate that was refused (it is not a loss: the first copy stands).
     pub(crate) fn record_duplicate(&mut self) {
         self.missed.manifest.deduplicated += 1;
+        self.counters.duplicates += 1;
     }
 
     pub(crate) fn stats(&self) -> MailboxStats {
@@ -653,6 +751,7 @@ impl Mailbox {
             epoch: self.epoch,
             connected: self.live.is_some(),
             missed: self.missed.manifest.total(),
+            counters: self.counters,
         }
     }
 
@@ -700,6 +799,7 @@ mod tests {
         m: Mailbox,
         wheel: Wheel<Timer>,
         wake: WakeList,
+        rec: ShardRecorder,
         now: u64,
         window: usize,
     }
@@ -710,6 +810,7 @@ mod tests {
                 m: Mailbox::new(Epoch(1), 0, &RETENTION),
                 wheel: Wheel::new(),
                 wake: WakeList::new(),
+                rec: ShardRecorder::new(true),
                 now: 0,
                 window,
             }
@@ -719,7 +820,9 @@ mod tests {
             let mut cx = Ctx {
                 wheel: &mut self.wheel,
                 wake: &mut self.wake,
+                rec: &mut self.rec,
                 now: self.now,
+                now_us: self.now * 1000,
                 slot: 0,
                 window: self.window,
                 missed_ids: 5,
@@ -751,8 +854,8 @@ mod tests {
                         removals += 1;
                     }
                     _ => {
-                        self.m.expire(t, 5);
                         self.with(|mb, cx| {
+                            mb.expire(t, cx);
                             mb.schedule_removal(&RETENTION, cx);
                             mb.fill_window(cx);
                         });
@@ -827,7 +930,7 @@ mod tests {
         h.send(msg(Priority::Critical, 3, 4), Some(5), &l);
         assert_eq!(rx.try_recv().unwrap().seq(), 1);
         h.with(|m, cx| {
-            m.settle(1, cx.wheel);
+            m.settle(1, cx);
             m.fill_window(cx);
         });
         assert_eq!(h.m.stats().in_flight, 1);
@@ -841,7 +944,7 @@ mod tests {
         // Its copy may still wait in the outbox, so it keeps the window slot until acked.
         assert_eq!((h.m.stats().in_flight, h.m.stats().queued()), (1, 1));
         h.with(|m, cx| {
-            m.settle(2, cx.wheel);
+            m.settle(2, cx);
             m.fill_window(cx);
         });
         assert_eq!((h.m.stats().in_flight, h.m.stats().queued()), (1, 0));
@@ -936,7 +1039,7 @@ mod tests {
                     4 => {
                         if rx.is_some() {
                             h.with(|m, cx| {
-                                m.settle(last_seq, cx.wheel);
+                                m.settle(last_seq, cx);
                                 m.fill_window(cx);
                             });
                         }

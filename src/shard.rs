@@ -17,12 +17,14 @@ use crate::error::ConnectError;
 use crate::loom::{fence, thread::Thread, Arc, AtomicBool, AtomicUsize, Ordering};
 use crate::mailbox::MailboxStats;
 use crate::message::{Delivery, Message, SendOutcome, UserId};
+use crate::metrics::ShardMetrics;
 use crate::park::Parker;
 use crate::ring::mpsc;
 use crate::ring::outbox::OutboxSender;
 use crate::ring::signal::{Drain, SignalList};
 use crate::ring::Full;
 use crate::session::{ConnectInfo, ResumePoint, SessionShared};
+use crate::shutdown::{ShutdownOptions, ShutdownReport};
 
 pub(crate) enum Command {
     Send {
@@ -37,6 +39,11 @@ pub(crate) enum Command {
     },
     /// Replies once every command and signal issued before it has taken effect.
     Barrier(oneshot::Sender<()>),
+    /// Stops accepting, flushes or keeps, reports.
+    Shutdown {
+        options: ShutdownOptions,
+        reply: oneshot::Sender<ShutdownReport>,
+    },
     Inspect {
         user: UserId,
         reply: oneshot::Sender<Option<MailboxStats>>,
@@ -71,6 +78,8 @@ pub(crate) struct ShardShared {
     /// Async senders waiting for inbox space park here.
     space: Notify,
     space_waiters: CachePadded<AtomicUsize>,
+    /// What the worker publishes once per pass.
+    pub(crate) metrics: ShardMetrics,
 }
 
 impl ShardShared {
@@ -83,6 +92,7 @@ impl ShardShared {
             stop: AtomicBool::new(false),
             space: Notify::new(),
             space_waiters: CachePadded::new(AtomicUsize::new(0)),
+            metrics: ShardMetrics::new(),
         }
     }
 

@@ -8,7 +8,9 @@
 //! parks until work arrives or the next timer is due.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use crate::budget::BudgetView;
 use crate::clock::Clock;
@@ -17,9 +19,11 @@ use crate::dedup::DedupWindow;
 use crate::loom::Arc;
 use crate::mailbox::{Ctx, Dropped, Live, Loss, Mailbox, Retention, Timer, WakeList};
 use crate::message::{Message, Prehashed, RejectReason, SendOutcome, UserId};
+use crate::metrics::ShardRecorder;
 use crate::ring::mpsc;
 use crate::session::{Epoch, SessionShared, END_SHUTDOWN};
 use crate::shard::{Command, ConnectRequest, ShardShared};
+use crate::shutdown::{ShutdownOptions, ShutdownReport};
 use crate::wheel::Wheel;
 use crate::ConnectError;
 
@@ -91,8 +95,8 @@ impl Mailboxes {
         Some(mailbox)
     }
 
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Mailbox> {
-        self.slots.iter_mut().flatten().map(|(_, m)| m)
+    fn iter(&self) -> impl Iterator<Item = &Mailbox> {
+        self.slots.iter().flatten().map(|(_, m)| m)
     }
 
     /// splitmix64: epochs need to differ between mailbox lives, not be secret.
@@ -105,6 +109,21 @@ impl Mailboxes {
     }
 }
 
+/// Where the worker is in its life.
+enum Phase {
+    Running,
+    /// Shutting down, delivering to live sessions until their backlogs are empty or the
+    /// deadline passes.
+    Flushing {
+        deadline: Instant,
+        options: ShutdownOptions,
+        reply: oneshot::Sender<ShutdownReport>,
+        delivered_before: u64,
+    },
+    /// Shut down: every command that still arrives is refused.
+    Refusing,
+}
+
 /// The worker: the single writer of its shard's mailboxes.
 pub(crate) struct Worker {
     shard: Arc<ShardShared>,
@@ -112,6 +131,11 @@ pub(crate) struct Worker {
     config: Arc<Config>,
     clock: Clock,
     now: u64,
+    now_us: u64,
+    rec: ShardRecorder,
+    phase: Phase,
+    /// Commands refused since the shutdown began.
+    refused: u64,
     retention: Retention,
     default_ttl_ms: [Option<u64>; 4],
     mailboxes: Mailboxes,
@@ -157,6 +181,10 @@ impl Worker {
             inbox,
             default_ttl_ms: config.default_ttl.map(|t| t.map(ms)),
             now: clock.now_ms(),
+            now_us: clock.now_us(),
+            rec: ShardRecorder::new(config.latency_metrics),
+            phase: Phase::Running,
+            refused: 0,
             clock,
             retention,
             mailboxes,
@@ -171,28 +199,120 @@ impl Worker {
 
     pub(crate) fn run(mut self) {
         loop {
-            if self.pass() > 0 {
+            if matches!(self.phase, Phase::Refusing) {
+                if !self.refuse_all() {
+                    break;
+                }
+                continue;
+            }
+            let did = self.pass();
+            if matches!(self.phase, Phase::Flushing { .. }) && self.flush_done() {
+                self.finish_shutdown();
+                continue;
+            }
+            if did > 0 {
                 continue;
             }
             if self.shard.is_stopping() {
                 break;
             }
-            let timeout = match self.wheel.next_deadline() {
+            let mut timeout = match self.wheel.next_deadline() {
                 // A manual clock moves only by hand, and `barrier` wakes the worker then.
                 Some(at) if !self.clock.is_manual() => {
                     Duration::from_millis(at.saturating_sub(self.now)).min(IDLE_PARK)
                 }
                 _ => IDLE_PARK,
             };
+            if let Phase::Flushing { deadline, .. } = &self.phase {
+                timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+            }
             self.shard.park(timeout, &self.inbox);
         }
         self.finish();
     }
 
+    /// After shutdown: refuses every command that still arrives, until the engine is dropped.
+    /// Returns false once it should exit.
+    fn refuse_all(&mut self) -> bool {
+        let mut did = 0;
+        while let Some(cmd) = self.inbox.pop() {
+            // Dropping a command drops its reply channel: the sender sees an error.
+            drop(cmd);
+            self.refused += 1;
+            did += 1;
+        }
+        // Sessions left open may still ack or close; nothing changes now.
+        for node in self.shard.take_signals() {
+            drop(node);
+        }
+        if did > 0 {
+            self.shard.space_freed();
+            return true;
+        }
+        if self.shard.is_stopping() {
+            return false;
+        }
+        self.shard.park(IDLE_PARK, &self.inbox);
+        true
+    }
+
+    fn begin_shutdown(&mut self, options: ShutdownOptions, reply: oneshot::Sender<ShutdownReport>) {
+        let deadline = Instant::now() + options.flush.unwrap_or(Duration::ZERO);
+        let c = &self.rec.counters;
+        self.phase = Phase::Flushing {
+            deadline,
+            options,
+            reply,
+            delivered_before: c.delivered + c.redelivered,
+        };
+        if options.flush.is_none() {
+            self.finish_shutdown();
+        }
+    }
+
+    /// Whether the flush is over: no live session has a backlog, or the deadline passed.
+    fn flush_done(&self) -> bool {
+        let Phase::Flushing { deadline, .. } = &self.phase else {
+            return false;
+        };
+        Instant::now() >= *deadline
+            || self
+                .mailboxes
+                .iter()
+                .all(|m| !m.is_live() || m.queued_len() == 0)
+    }
+
+    fn finish_shutdown(&mut self) {
+        let Phase::Flushing {
+            options,
+            reply,
+            delivered_before,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Refusing)
+        else {
+            return;
+        };
+        let mut report = ShutdownReport {
+            workers_stopped: 1,
+            dropped: self.refused,
+            ..ShutdownReport::default()
+        };
+        let c = &self.rec.counters;
+        report.flushed = c.delivered + c.redelivered - delivered_before;
+        for (_, m) in self.mailboxes.slots.iter_mut().flatten() {
+            if options.close_sessions && m.end_session(END_SHUTDOWN, &mut self.rec) {
+                report.sessions_closed += 1;
+            }
+            report.kept += m.held_messages() as u64;
+        }
+        self.publish();
+        let _ = reply.send(report);
+    }
+
     /// One pass: timers due by now, a batch of commands, every pending signal, then wake-ups.
     /// Returns how much work it did.
     fn pass(&mut self) -> usize {
-        self.now = self.clock.now_ms();
+        self.read_clock();
         self.budget.refresh();
         self.dedup.tick(self.now);
         let mut did = self.fire_timers();
@@ -207,16 +327,32 @@ impl Worker {
         }
         did += taken + self.drain_signals();
         self.wake.flush();
-        self.budget.publish();
+        self.publish();
         did
     }
 
-    /// Processes what is left in the inbox and ends every session.
+    fn read_clock(&mut self) {
+        self.now_us = self.clock.now_us();
+        self.now = self.now_us / 1000;
+    }
+
+    /// Publishes usage and metrics for readers on other threads.
+    fn publish(&mut self) {
+        self.budget.publish();
+        self.rec.gauges.held_bytes = self.budget.local();
+        self.shard.metrics.publish(&mut self.rec);
+    }
+
+    /// The engine is being dropped: processes what is left in the inbox and ends every
+    /// session (unless a shutdown already did).
     fn finish(&mut self) {
-        while self.pass() > 0 {}
-        for mailbox in self.mailboxes.iter_mut() {
-            mailbox.end_session(END_SHUTDOWN);
+        if matches!(self.phase, Phase::Running) {
+            while self.pass() > 0 {}
         }
+        for (_, m) in self.mailboxes.slots.iter_mut().flatten() {
+            m.end_session(END_SHUTDOWN, &mut self.rec);
+        }
+        self.publish();
     }
 
     fn fire_timers(&mut self) -> usize {
@@ -226,22 +362,21 @@ impl Worker {
         for timer in &fired {
             match *timer {
                 Timer::Queued { mailbox: slot, .. } | Timer::InFlight { mailbox: slot, .. } => {
-                    let missed_ids = self.config.missed_ids;
-                    if let Some(m) = self.mailboxes.at(slot) {
-                        let dropped = m.expire(*timer, missed_ids);
-                        self.budget.release(dropped.bytes);
-                        self.with_mailbox(slot, |m, cx, r| {
-                            // An expiry may leave an away mailbox idle, or free the window.
-                            m.schedule_removal(r, cx);
-                            m.fill_window(cx);
-                        });
-                    }
+                    let timer = *timer;
+                    self.with_mailbox(slot, |m, cx, r| {
+                        m.expire(timer, cx);
+                        // An expiry may leave an away mailbox idle, or free the window.
+                        m.schedule_removal(r, cx);
+                        m.fill_window(cx);
+                    });
                 }
                 Timer::Remove { mailbox: slot } => {
                     if let Some(mut m) = self.mailboxes.remove(slot) {
                         m.removal_fired();
-                        let Dropped { bytes, .. } = m.dismantle(&mut self.wheel);
+                        let Dropped { bytes, .. } = m.dismantle(&mut self.wheel, &mut self.rec);
                         self.budget.release(bytes);
+                        self.rec.counters.mailboxes_removed += 1;
+                        self.rec.gauges.mailboxes -= 1;
                     }
                 }
             }
@@ -262,6 +397,8 @@ impl Worker {
         let mut cx = Ctx {
             wheel: &mut self.wheel,
             wake: &mut self.wake,
+            rec: &mut self.rec,
+            now_us: self.now_us,
             now: self.now,
             slot,
             window: self.config.window,
@@ -296,10 +433,11 @@ impl Worker {
             }
             Command::Connect(req) => self.connect(*req),
             Command::SetLimits { user, limits } => {
-                if let Some((slot, _)) =
+                if let Some((slot, created)) =
                     self.mailboxes
                         .get_or_create(&user, self.now, &self.retention)
                 {
+                    self.rec.gauges.mailboxes += u64::from(created);
                     self.with_mailbox(slot, |m, cx, r| {
                         m.set_limits(limits);
                         m.schedule_removal(r, cx);
@@ -307,16 +445,17 @@ impl Worker {
                 }
             }
             Command::Barrier(reply) => {
-                // Everything due by the time the barrier was issued fires before it returns,
-                // even if this pass read the clock earlier (a manual clock moved meanwhile).
-                self.now = self.clock.now_ms();
-                self.fire_timers();
                 // Signals pushed before this command was pushed are in the list now.
                 self.drain_signals();
+                // Everything due by the time the barrier was issued fires before it returns,
+                // even if this pass read the clock earlier (a manual clock moved meanwhile).
+                self.read_clock();
+                self.fire_timers();
                 self.wake.flush();
-                self.budget.publish();
+                self.publish();
                 let _ = reply.send(());
             }
+            Command::Shutdown { options, reply } => self.begin_shutdown(options, reply),
             Command::Inspect { user, reply } => {
                 let stats = self
                     .mailboxes
@@ -329,9 +468,11 @@ impl Worker {
     }
 
     fn accept(&mut self, user: &UserId, message: Message) -> SendOutcome {
+        self.rec.counters.sent += 1;
         let fingerprint = self.dedup.fingerprint(user, &message);
         if let Some(fp) = fingerprint {
             if self.dedup.seen(fp) {
+                self.rec.counters.duplicates += 1;
                 if let Some(slot) = self.mailboxes.slot_of(user) {
                     self.with_mailbox(slot, |m, _, _| m.record_duplicate());
                 }
@@ -341,18 +482,22 @@ impl Worker {
         if !self.budget.admits(message.priority(), message.cost()) {
             // Recorded on an existing mailbox only: under memory pressure, creating mailboxes
             // to note losses would make it worse.
-            if let Some(slot) = self.mailboxes.slot_of(user) {
-                let ids = self.config.missed_ids;
-                self.with_mailbox(slot, |m, _, _| m.record_loss(Loss::Shed, message.id(), ids));
+            match self.mailboxes.slot_of(user) {
+                Some(slot) => {
+                    self.with_mailbox(slot, |m, cx, _| m.record_loss(Loss::Shed, message.id(), cx));
+                }
+                None => self.rec.counters.shed += 1,
             }
             return SendOutcome::Rejected(RejectReason::MemoryBudget);
         }
-        let Some((slot, _)) = self
+        let Some((slot, created)) = self
             .mailboxes
             .get_or_create(user, self.now, &self.retention)
         else {
+            self.rec.counters.rejected += 1;
             return SendOutcome::Rejected(RejectReason::TooManyUsers);
         };
+        self.rec.gauges.mailboxes += u64::from(created);
         let ttl = message
             .ttl()
             .map(ms)
@@ -393,6 +538,7 @@ impl Worker {
             let _ = req.reply.send(Err(ConnectError::TooManyUsers));
             return;
         };
+        self.rec.gauges.mailboxes += u64::from(created);
         let live = Live::new(req.outbox, req.shared);
         let resume = req.resume;
         let info = self
@@ -409,7 +555,7 @@ impl Worker {
             if !m.is_attached(node) {
                 return; // a replaced session's late ack or close
             }
-            m.settle(node.acked(), cx.wheel);
+            m.settle(node.acked(), cx);
             if let Some(reason) = node.close_requested() {
                 m.detach(reason, r, cx);
             } else {
