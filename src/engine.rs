@@ -8,7 +8,9 @@ use tokio::sync::oneshot;
 
 use crate::budget::Budget;
 use crate::config::{Config, EngineBuilder, UserLimits};
-use crate::error::{ConfigError, ConnectError, InvalidInput, SendError, TrySendError};
+use crate::error::{
+    ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError, TrySendError,
+};
 use crate::loom::{thread, Arc, AtomicBool, Ordering};
 use crate::mailbox::MailboxStats;
 use crate::message::{Message, SendOutcome, UserId};
@@ -387,25 +389,50 @@ impl Engine {
         rx.await.ok().flatten()
     }
 
-    /// Overrides the mailbox caps for one user (`None` restores the engine default). Applies
-    /// to messages sent after it; a user without a mailbox yet gets one.
+    /// Overrides the mailbox caps for one user (`None` restores the engine default). It
+    /// applies to messages sent after it and lasts until changed, whether or not the user has
+    /// a mailbox (it survives mailbox expiry). Overrides count against `max_users`.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::{Engine, Message, RejectReason, SendOutcome, UserId, UserLimits, OverflowPolicy};
+    ///
+    /// let engine = Engine::builder().build().unwrap();
+    /// let gil = UserId::new("gil").unwrap();
+    /// let one = UserLimits { max_messages: 1, max_bytes: 1024, overflow: OverflowPolicy::Reject };
+    /// engine.set_user_limits(&gil, Some(one)).await.unwrap();
+    /// engine.send(&gil, Message::new("a")).await.unwrap();
+    /// let second = engine.send_confirmed(&gil, Message::new("b")).await.unwrap();
+    /// assert_eq!(second, SendOutcome::Rejected(RejectReason::MailboxFull));
+    /// # });
+    /// ```
     pub async fn set_user_limits(
         &self,
         user: &UserId,
         limits: Option<UserLimits>,
-    ) -> Result<(), ConnectError> {
+    ) -> Result<(), SetLimitsError> {
         if self.is_closing() {
-            return Err(ConnectError::ShuttingDown);
+            return Err(SetLimitsError::ShuttingDown);
         }
         self.check_user(user)?;
+        if let Some(l) = limits {
+            for (setting, v) in [("max_messages", l.max_messages), ("max_bytes", l.max_bytes)] {
+                if v == 0 {
+                    return Err(InvalidInput::ZeroLimit { setting }.into());
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
         let cmd = Command::SetLimits {
             user: user.clone(),
             limits,
+            reply: tx,
         };
         self.shard(user)
             .push_wait(cmd)
             .await
-            .map_err(|_| ConnectError::ShuttingDown)
+            .map_err(|_| SetLimitsError::ShuttingDown)?;
+        rx.await.map_err(|_| SetLimitsError::ShuttingDown)?
     }
 }
 

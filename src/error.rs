@@ -33,6 +33,12 @@ pub enum InvalidInput {
     /// The message id is empty.
     #[error("message id is empty")]
     EmptyMessageId,
+    /// A per-user cap is zero.
+    #[error("{setting} must be at least 1")]
+    ZeroLimit {
+        /// Which cap.
+        setting: &'static str,
+    },
     /// The message id is longer than the configured maximum.
     #[error("message id is {len} bytes, more than the maximum of {max}")]
     MessageIdTooLong {
@@ -123,6 +129,21 @@ pub enum ConnectError {
     ShuttingDown,
     /// The engine holds its maximum number of mailboxes and this user has none.
     #[error("the engine holds its maximum number of users")]
+    TooManyUsers,
+}
+
+/// Why [`Engine::set_user_limits`](crate::Engine::set_user_limits) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SetLimitsError {
+    /// The user id is invalid, or a cap is zero.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InvalidInput),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// The shard already holds `max_users` overrides.
+    #[error("the engine holds its maximum number of per-user overrides")]
     TooManyUsers,
 }
 

@@ -70,7 +70,9 @@ pub use clock::Clock;
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use dedup::DedupMode;
 pub use engine::Engine;
-pub use error::{AckError, ConfigError, ConnectError, InvalidInput, SendError, TrySendError};
+pub use error::{
+    AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError, TrySendError,
+};
 pub use mailbox::MailboxStats;
 pub use message::{
     Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart, UserId,

@@ -13,7 +13,7 @@ use crossbeam_utils::CachePadded;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::UserLimits;
-use crate::error::ConnectError;
+use crate::error::{ConnectError, SetLimitsError};
 use crate::loom::{fence, thread::Thread, Arc, AtomicBool, AtomicUsize, Ordering};
 use crate::mailbox::MailboxStats;
 use crate::message::{Delivery, Message, SendOutcome, UserId};
@@ -36,6 +36,7 @@ pub(crate) enum Command {
     SetLimits {
         user: UserId,
         limits: Option<UserLimits>,
+        reply: oneshot::Sender<Result<(), SetLimitsError>>,
     },
     /// Replies once every command and signal issued before it has taken effect.
     Barrier(oneshot::Sender<()>),

@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 
 use crate::budget::BudgetView;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, UserLimits};
 use crate::dedup::DedupWindow;
+use crate::error::{ConnectError, SetLimitsError};
 use crate::loom::Arc;
 use crate::mailbox::{Ctx, Dropped, Live, Loss, Mailbox, Retention, Timer, WakeList};
 use crate::message::{Message, Prehashed, RejectReason, SendOutcome, UserId};
@@ -25,7 +26,6 @@ use crate::session::{Epoch, SessionShared, END_SHUTDOWN};
 use crate::shard::{Command, ConnectRequest, ShardShared};
 use crate::shutdown::{ShutdownOptions, ShutdownReport};
 use crate::wheel::Wheel;
-use crate::ConnectError;
 
 /// Commands a worker takes from its inbox before it looks at timers and signals again.
 const BATCH: usize = 256;
@@ -37,6 +37,8 @@ const IDLE_PARK: Duration = Duration::from_secs(1);
 /// user, created on first use up to a maximum.
 struct Mailboxes {
     index: HashMap<UserId, u32, Prehashed>,
+    /// Per-user limit overrides; they outlive mailboxes.
+    overrides: HashMap<UserId, UserLimits, Prehashed>,
     slots: Vec<Option<(UserId, Mailbox)>>,
     free: Vec<u32>,
     max: usize,
@@ -68,7 +70,8 @@ impl Mailboxes {
         if self.index.len() >= self.max {
             return None;
         }
-        let mailbox = Mailbox::new(Epoch(self.next_random()), now, retention);
+        let mut mailbox = Mailbox::new(Epoch(self.next_random()), now, retention);
+        mailbox.set_limits(self.overrides.get(user).copied());
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some((user.clone(), mailbox));
@@ -160,6 +163,7 @@ impl Worker {
     ) -> Self {
         let mailboxes = Mailboxes {
             index: HashMap::default(),
+            overrides: HashMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
             max: config.max_users.div_ceil(config.shards),
@@ -432,17 +436,12 @@ impl Worker {
                 }
             }
             Command::Connect(req) => self.connect(*req),
-            Command::SetLimits { user, limits } => {
-                if let Some((slot, created)) =
-                    self.mailboxes
-                        .get_or_create(&user, self.now, &self.retention)
-                {
-                    self.rec.gauges.mailboxes += u64::from(created);
-                    self.with_mailbox(slot, |m, cx, r| {
-                        m.set_limits(limits);
-                        m.schedule_removal(r, cx);
-                    });
-                }
+            Command::SetLimits {
+                user,
+                limits,
+                reply,
+            } => {
+                let _ = reply.send(self.set_limits(&user, limits));
             }
             Command::Barrier(reply) => {
                 // Signals pushed before this command was pushed are in the list now.
@@ -465,6 +464,33 @@ impl Worker {
                 let _ = reply.send(stats);
             }
         }
+    }
+
+    fn set_limits(
+        &mut self,
+        user: &UserId,
+        limits: Option<UserLimits>,
+    ) -> Result<(), SetLimitsError> {
+        let overrides = &mut self.mailboxes.overrides;
+        match limits {
+            Some(l) => {
+                if !overrides.contains_key(user) && overrides.len() >= self.mailboxes.max {
+                    return Err(SetLimitsError::TooManyUsers);
+                }
+                overrides.insert(user.clone(), l);
+            }
+            None => {
+                overrides.remove(user);
+            }
+        }
+        if let Some(m) = self
+            .mailboxes
+            .slot_of(user)
+            .and_then(|slot| self.mailboxes.at(slot))
+        {
+            m.set_limits(limits);
+        }
+        Ok(())
     }
 
     fn accept(&mut self, user: &UserId, message: Message) -> SendOutcome {

@@ -110,7 +110,7 @@ async fn user_id_length_is_checked_at_the_exact_edge() {
     );
     assert_eq!(
         engine.set_user_limits(&too_long, None).await.unwrap_err(),
-        ConnectError::Invalid(err)
+        tether::SetLimitsError::Invalid(err)
     );
     engine.barrier().await;
     assert!(engine.mailbox_stats(&too_long).await.is_none());
@@ -410,4 +410,56 @@ async fn try_send_on_a_full_inbox_returns_full_with_the_message() {
         assert_eq!(&d.payload()[..], &k.to_le_bytes());
         s.ack(d.seq()).unwrap();
     }
+}
+
+#[tokio::test]
+async fn per_user_overrides_are_validated_bounded_and_outlive_the_mailbox() {
+    use tether::{Clock, OverflowPolicy, RejectReason, SetLimitsError, UserLimits};
+
+    let clock = Clock::manual();
+    let engine = Engine::builder()
+        .shards(1)
+        .max_users(1)
+        .clock(clock.clone())
+        .keep_away_mailboxes(Duration::from_secs(1), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (a, b) = (UserId::new("a").unwrap(), UserId::new("b").unwrap());
+    let one = UserLimits {
+        max_messages: 1,
+        max_bytes: 100,
+        overflow: OverflowPolicy::Reject,
+    };
+    let zero = UserLimits {
+        max_messages: 0,
+        ..one
+    };
+    assert!(matches!(
+        engine.set_user_limits(&a, Some(zero)).await,
+        Err(SetLimitsError::Invalid(InvalidInput::ZeroLimit {
+            setting: "max_messages"
+        }))
+    ));
+    engine.set_user_limits(&a, Some(one)).await.unwrap();
+    assert_eq!(
+        engine.set_user_limits(&b, Some(one)).await,
+        Err(SetLimitsError::TooManyUsers),
+        "max_users(1) bounds overrides too"
+    );
+    // The override applies, and survives the mailbox's expiry.
+    for round in 0..2 {
+        engine.send(&a, Message::new("1")).await.unwrap();
+        let second = engine.send_confirmed(&a, Message::new("2")).await.unwrap();
+        assert_eq!(
+            second,
+            SendOutcome::Rejected(RejectReason::MailboxFull),
+            "round {round}"
+        );
+        engine.barrier().await;
+        clock.advance(Duration::from_secs(1));
+        engine.barrier().await;
+        assert!(engine.mailbox_stats(&a).await.is_none(), "expired");
+    }
+    engine.set_user_limits(&a, None).await.unwrap();
+    engine.set_user_limits(&b, Some(one)).await.unwrap();
 }

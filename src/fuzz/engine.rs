@@ -31,7 +31,8 @@ use crate::engine::block_on;
 use crate::{
     AckError, CloseReason, ConnectError, ConnectInfo, Delivery, EndReason, Engine, Epoch,
     InvalidInput, MailboxStats, Message, MissedManifest, OverflowPolicy, Priority, RejectReason,
-    ResumePoint, SendError, SendOutcome, Session, TryRecvError, TrySendError, UserId, UserLimits,
+    ResumePoint, SendError, SendOutcome, Session, SetLimitsError, TryRecvError, TrySendError,
+    UserId, UserLimits,
 };
 
 /// Most operations decoded from one input.
@@ -382,7 +383,6 @@ struct ModelBox {
     next_seq: u64,
     /// Random in the engine: learned from the first stats or connect that shows it.
     epoch: Option<Epoch>,
-    limits: Option<UserLimits>,
     missed: MissedManifest,
 }
 
@@ -393,7 +393,6 @@ impl ModelBox {
             in_flight: VecDeque::new(),
             next_seq: 1,
             epoch: None,
-            limits: None,
             missed: MissedManifest::default(),
         }
     }
@@ -491,6 +490,8 @@ struct ModelUser {
     replaced: Option<ModelSession>,
     /// The resume point of the last session closed or dropped.
     saved: Option<ResumePoint>,
+    /// The per-user limits override.
+    limits: Option<UserLimits>,
 }
 
 struct Model {
@@ -528,8 +529,7 @@ impl Model {
     fn limits(&self, user: usize) -> UserLimits {
         self.users
             .get(user)
-            .and_then(|u| u.mailbox.as_ref())
-            .and_then(|b| b.limits)
+            .and_then(|u| u.limits)
             .unwrap_or(self.setup.limits)
     }
 
@@ -784,11 +784,20 @@ impl Model {
         self.users[user].saved = self.resume_point(user, s);
     }
 
-    fn set_limits(&mut self, user: usize, limits: Option<UserLimits>) -> Result<(), InvalidInput> {
+    /// Overrides live beside mailboxes (they outlive them) and count against `max_users`.
+    fn set_limits(
+        &mut self,
+        user: usize,
+        limits: Option<UserLimits>,
+    ) -> Result<(), SetLimitsError> {
         self.check_user(user)?;
-        if self.ensure_mailbox(user) {
-            self.users[user].mailbox.as_mut().expect("ensured").limits = limits;
+        if limits.is_some() && self.users[user].limits.is_none() {
+            let overrides = self.users.iter().filter(|u| u.limits.is_some()).count();
+            if overrides >= self.setup.max_users {
+                return Err(SetLimitsError::TooManyUsers);
+            }
         }
+        self.users[user].limits = limits;
         Ok(())
     }
 
@@ -1055,10 +1064,7 @@ impl Harness {
                 drop(self.take_session(user, which));
             }
             Op::SetLimits { user, limits } => {
-                let want = self
-                    .model
-                    .set_limits(user, limits)
-                    .map_err(ConnectError::from);
+                let want = self.model.set_limits(user, limits);
                 let got = block_on(self.engine.set_user_limits(&self.ids[user], limits));
                 assert_eq!(got, want, "{at}: set_user_limits");
             }
