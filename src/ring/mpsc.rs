@@ -137,7 +137,10 @@ impl<T> Sender<T> {
     pub fn len(&self) -> usize {
         let tail = self.ring.tail.load(Ordering::Relaxed);
         let head = self.ring.head.load(Ordering::Relaxed);
-        tail.wrapping_sub(head).min(self.capacity())
+        // The consumer may pass the `tail` we read before we read `head`: then the difference
+        // is negative, and the ring was (nearly) empty, not full.
+        let diff = tail.wrapping_sub(head) as isize;
+        (diff.max(0) as usize).min(self.capacity())
     }
 
     /// True if [`len`](Self::len) is zero.
@@ -222,6 +225,18 @@ mod tests {
         let got: Vec<_> = std::iter::from_fn(|| rx.pop()).collect();
         assert_eq!(got, vec![1, 2, 3, 4]);
         assert!(rx.is_empty());
+    }
+
+    /// Regression: `len` read `tail`, then `head`; a consumer passing the old `tail` in
+    /// between made the difference wrap and `len` report a full ring.
+    #[test]
+    fn len_never_wraps_to_full() {
+        let (tx, rx) = channel::<u32>(8);
+        // Simulate the interleaving: a stale tail below the head.
+        tx.ring.tail.store(5, Ordering::Relaxed);
+        tx.ring.head.store(7, Ordering::Relaxed);
+        assert_eq!(tx.len(), 0);
+        drop(rx);
     }
 
     #[test]

@@ -131,11 +131,8 @@ impl<T> Consumer<T> {
             self.refresh_tail();
         }
         let n = self.cached_tail.wrapping_sub(self.head).min(max);
-        out.reserve(n);
-        for _ in 0..n {
-            let value = self.read_head();
-            out.push(value);
-        }
+        // An exact-size `extend` reserves once and skips the per-item capacity check.
+        out.extend((0..n).map(|_| self.read_head()));
         if n > 0 {
             self.publish_head();
         }
