@@ -42,9 +42,10 @@ impl Budget {
         self.limit
     }
 
-    pub(crate) fn view(self: &Arc<Self>, shard: usize) -> BudgetView {
+    /// The view of shard `shard` (an associated function: loom's `Arc` cannot be a receiver).
+    pub(crate) fn view(budget: &Arc<Self>, shard: usize) -> BudgetView {
         BudgetView {
-            budget: self.clone(),
+            budget: budget.clone(),
             shard,
             local: 0,
             others: 0,
@@ -101,7 +102,7 @@ mod tests {
     #[test]
     fn sheds_low_first_and_critical_last() {
         let budget = Budget::new(1000, ShedThresholds::default(), 1);
-        let mut view = budget.view(0);
+        let mut view = Budget::view(&budget, 0);
         view.adjust(0, 600);
         assert!(view.admits(Priority::Low, 0));
         assert!(!view.admits(Priority::Low, 1));
@@ -116,7 +117,7 @@ mod tests {
     #[test]
     fn sees_other_shards_after_refresh() {
         let budget = Budget::new(1000, ShedThresholds::default(), 2);
-        let (mut a, mut b) = (budget.view(0), budget.view(1));
+        let (mut a, mut b) = (Budget::view(&budget, 0), Budget::view(&budget, 1));
         a.adjust(0, 900);
         a.publish();
         assert!(b.admits(Priority::Critical, 1000), "not refreshed yet");

@@ -105,7 +105,7 @@ impl DedupWindow {
     }
 
     /// Fingerprints held (both generations).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {
         self.current.len() + self.previous.len()
     }

@@ -74,7 +74,7 @@ impl Engine {
                 shard.clone(),
                 rx,
                 config.clone(),
-                budget.view(i),
+                Budget::view(&budget, i),
                 seeds.hash_one(i),
             );
             let spawned = thread::Builder::new()

@@ -755,7 +755,7 @@ impl Mailbox {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn debug_check(&self, window: usize) {
         for (b, band) in self.bands.iter().enumerate() {
             assert_eq!(band.is_empty(), self.occupied & (1 << b) == 0);
