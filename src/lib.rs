@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod backoff;
+pub mod breaker;
 mod budget;
 mod clock;
 mod config;
@@ -74,15 +75,15 @@ pub use error::{
     AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError, TrySendError,
 };
 pub use mailbox::MailboxStats;
+pub use metrics::{Counters, Gauges, Histogram, MetricsSnapshot, UserCounters};
 pub use message::{
     Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart, UserId,
 };
-pub use metrics::{Counters, Gauges, Histogram, MetricsSnapshot, UserCounters};
+pub use shutdown::{ShutdownOptions, ShutdownReport};
 pub use session::{
     CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResumePoint,
     Session, TryRecvError,
 };
-pub use shutdown::{ShutdownOptions, ShutdownReport};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

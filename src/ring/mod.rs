@@ -3,9 +3,10 @@
 //!
 //! - [`mpsc`]: the shard inbox, any thread to one worker (Vyukov's bounded queue).
 //! - [`spsc`]: the ring under a session's outbox, one worker to one session (Lamport's queue).
-//! - [`waker`]: the session task's waker slot.
-//! - [`outbox`]: ring + waker + end flag, the delivery window's transport.
-//! - [`signal`]: sessions telling their worker about acks and closes, never failing.
+//! - `waker` (crate-private): the session task's waker slot.
+//! - `outbox` (crate-private): ring + waker + end flag, the delivery window's transport.
+//! - `signal` (crate-private): sessions telling their worker about acks and closes, never
+//!   failing.
 //!
 //! Each one is model-checked with loom (`RUSTFLAGS="--cfg loom" cargo test --release --lib loom`).
 
