@@ -3,6 +3,7 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use crate::breaker::BreakerConfig;
 use crate::clock::Clock;
 use crate::dedup::DedupMode;
 use crate::error::ConfigError;
@@ -100,6 +101,7 @@ pub struct Config {
     pub(crate) dedup_max_entries: usize,
     pub(crate) clock: Clock,
     pub(crate) latency_metrics: bool,
+    pub(crate) breaker: BreakerConfig,
 }
 
 impl Config {
@@ -173,6 +175,7 @@ impl Default for EngineBuilder {
                 dedup_max_entries: 500_000,
                 clock: Clock::system(),
                 latency_metrics: true,
+                breaker: BreakerConfig::default(),
             },
         }
     }
@@ -309,6 +312,13 @@ impl EngineBuilder {
     /// Counters and gauges are always kept (they cost a plain increment). Default true.
     pub fn latency_metrics(mut self, on: bool) -> Self {
         self.config.latency_metrics = on;
+        self
+    }
+
+    /// Each session's circuit breaker: failures to open it (default 5), first cooldown
+    /// (1 s), longest cooldown (30 s). See [`BreakerConfig`].
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.config.breaker = config;
         self
     }
 

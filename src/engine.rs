@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
+use crate::breaker::Breaker;
 use crate::budget::Budget;
 use crate::config::{Config, EngineBuilder, UserLimits};
 use crate::error::{
@@ -256,9 +257,17 @@ impl Engine {
         self.check_user(user)?;
         let shard = self.shard(user).clone();
         let (outbox_tx, outbox_rx) = outbox::channel(self.inner.config.window);
-        let shared = Arc::new(SessionShared::new(user.clone()));
+        let breaker = Breaker::new(&self.inner.config.breaker);
+        let shared = Arc::new(SessionShared::new(user.clone(), breaker.cell().clone()));
         let (reply_tx, reply_rx) = oneshot::channel();
-        let mut session = Session::new(user.clone(), outbox_rx, shared.clone(), shard.clone());
+        let mut session = Session::new(
+            user.clone(),
+            outbox_rx,
+            shared.clone(),
+            shard.clone(),
+            breaker,
+            self.inner.config.clock.clone(),
+        );
         let cmd = Command::Connect(Box::new(ConnectRequest {
             user: user.clone(),
             resume,

@@ -75,15 +75,15 @@ pub use error::{
     AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError, TrySendError,
 };
 pub use mailbox::MailboxStats;
-pub use metrics::{Counters, Gauges, Histogram, MetricsSnapshot, UserCounters};
 pub use message::{
     Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart, UserId,
 };
-pub use shutdown::{ShutdownOptions, ShutdownReport};
+pub use metrics::{Counters, Gauges, Histogram, MetricsSnapshot, UserCounters};
 pub use session::{
     CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResumePoint,
     Session, TryRecvError,
 };
+pub use shutdown::{ShutdownOptions, ShutdownReport};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

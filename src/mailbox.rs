@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 
+use crate::breaker::{BreakerState, Permit};
 use crate::config::{OverflowPolicy, UserLimits};
 use crate::loom::Arc;
 use crate::message::{Delivery, Message, MessageId, RejectReason, SendOutcome};
@@ -42,8 +43,9 @@ fn band_gauge(g: &mut Gauges, b: usize) -> &mut u64 {
 const KEEP_EMPTY_CAPACITY: usize = 16;
 
 /// What a shard's timing wheel holds for mailboxes. `mailbox` is the slot in the shard's
-/// mailbox slab; a mailbox cancels all its timers before it is removed, so a slot is never
-/// reached through a stale timer.
+/// mailbox slab; a mailbox cancels its message and removal timers before it is removed, so a
+/// slot is never reached through a stale one. `Trial` timers are not tracked: one that fires
+/// late, or on a slot reused by another mailbox, only fills a window, which is idempotent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Timer {
     /// A queued message's TTL.
@@ -52,6 +54,8 @@ pub(crate) enum Timer {
     InFlight { mailbox: u32, seq: u64 },
     /// Removal of a mailbox without a session (away retention or idle cleanup).
     Remove { mailbox: u32 },
+    /// A session's breaker cooldown ended: a trial delivery may go.
+    Trial { mailbox: u32 },
 }
 
 /// What the mailbox needs from its shard for one operation.
@@ -116,6 +120,8 @@ pub(crate) struct Live {
     pub(crate) shared: Arc<SessionShared>,
     /// The wake-list generation in which this session was last queued for a notify.
     notified_gen: u64,
+    /// The breaker state the worker last accounted for (metrics and trial timers).
+    breaker_seen: BreakerState,
 }
 
 impl Live {
@@ -124,6 +130,22 @@ impl Live {
             outbox,
             shared,
             notified_gen: 0,
+            breaker_seen: BreakerState::Closed,
+        }
+    }
+}
+
+/// Moves the breaker gauges from one state to another.
+fn breaker_gauges(g: &mut Gauges, from: BreakerState, to: BreakerState) {
+    for (state, delta) in [(from, -1i64), (to, 1)] {
+        match state {
+            BreakerState::Closed => {}
+            BreakerState::Open { .. } => {
+                g.breakers_open = g.breakers_open.wrapping_add_signed(delta)
+            }
+            BreakerState::HalfOpen => {
+                g.breakers_half_open = g.breakers_half_open.wrapping_add_signed(delta)
+            }
         }
     }
 }
@@ -303,8 +325,9 @@ impl Mailbox {
         cx: &mut Ctx<'_>,
     ) -> SendOutcome {
         self.counters.sent += 1;
-        if self.window_has_room(cx.window) {
-            debug_assert_eq!(self.queued, 0, "a window with room implies empty bands");
+        // Straight into the window only past an empty backlog: with the breaker open the
+        // window can have room while older messages wait, and they go first.
+        if self.queued == 0 && self.may_deliver(cx) {
             let now_us = cx.now_us;
             self.deliver(message, expires_at, now_us, cx);
             return SendOutcome::Delivered;
@@ -337,6 +360,8 @@ impl Mailbox {
             }
         }
         self.push_band(message, expires_at, cx);
+        // A breaker whose cooldown just ended may take a trial now.
+        self.fill_window(cx);
         SendOutcome::Queued { evicted }
     }
 
@@ -438,6 +463,66 @@ impl Mailbox {
         self.live.is_some() && self.in_flight.len() < window
     }
 
+    /// Whether one more message may be delivered now: a live session with room in its window
+    /// and a breaker that allows it. Call it only with a message in hand: when the breaker's
+    /// cooldown has ended this starts the trial, which must be that message's delivery.
+    fn may_deliver(&mut self, cx: &mut Ctx<'_>) -> bool {
+        if !self.window_has_room(cx.window) {
+            return false;
+        }
+        let live = self.live.as_mut().expect("window_has_room checked it");
+        match live.shared.breaker.may_deliver(cx.now) {
+            Permit::Yes => true,
+            Permit::No => false,
+            Permit::Trial => {
+                if !live.shared.breaker.begin_trial(cx.now) {
+                    return false;
+                }
+                cx.rec.counters.breaker_half_opens += 1;
+                breaker_gauges(
+                    &mut cx.rec.gauges,
+                    live.breaker_seen,
+                    BreakerState::HalfOpen,
+                );
+                live.breaker_seen = BreakerState::HalfOpen;
+                true
+            }
+        }
+    }
+
+    /// Accounts for breaker transitions the session reported (from its signal) and, when it
+    /// opened, schedules the end of the cooldown.
+    pub(crate) fn breaker_changed(&mut self, cx: &mut Ctx<'_>) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let now = live.shared.breaker.state();
+        let before = live.breaker_seen;
+        if now == before {
+            return;
+        }
+        let c = &mut cx.rec.counters;
+        match (before, now) {
+            (BreakerState::HalfOpen, BreakerState::Open { .. }) => {
+                c.breaker_reopens += 1;
+                c.breaker_opens += 1;
+            }
+            (_, BreakerState::Open { .. }) => c.breaker_opens += 1,
+            (BreakerState::HalfOpen, BreakerState::Closed) => c.breaker_closes += 1,
+            _ => {}
+        }
+        breaker_gauges(&mut cx.rec.gauges, before, now);
+        live.breaker_seen = now;
+        if let BreakerState::Open { until_ms } = now {
+            cx.wheel.insert(until_ms, Timer::Trial { mailbox: cx.slot });
+        }
+    }
+
+    /// Removes the live session's breaker from the gauges as the session goes.
+    fn forget_breaker(live: &Live, gauges: &mut Gauges) {
+        breaker_gauges(gauges, live.breaker_seen, BreakerState::Closed);
+    }
+
     /// Assigns the next seq, hands the message to the session and keeps it in flight until
     /// it is acknowledged or its deadline passes.
     fn deliver(
@@ -484,7 +569,7 @@ impl Mailbox {
 
     /// Moves the most urgent waiting messages into the window while it has room.
     pub(crate) fn fill_window(&mut self, cx: &mut Ctx<'_>) {
-        while self.occupied != 0 && self.window_has_room(cx.window) {
+        while self.occupied != 0 && self.may_deliver(cx) {
             let b = self.occupied.trailing_zeros() as usize;
             let q = self.bands[b].pop_front().expect("occupied band");
             if let Some(e) = q.expiry {
@@ -546,7 +631,7 @@ impl Mailbox {
                 self.in_flight_bytes -= message.cost();
                 message
             }
-            Timer::Remove { .. } => return Dropped::default(),
+            Timer::Remove { .. } | Timer::Trial { .. } => return Dropped::default(),
         };
         self.record_loss(Loss::Expired, message.id(), cx);
         Dropped {
@@ -570,6 +655,7 @@ impl Mailbox {
         }
         if let Some(old) = self.live.take() {
             old.outbox.end(END_REPLACED);
+            Self::forget_breaker(&old, &mut cx.rec.gauges);
             cx.rec.counters.replaced += 1;
         } else {
             cx.rec.gauges.sessions_active += 1;
@@ -615,7 +701,8 @@ impl Mailbox {
     /// Detaches the live session after it closed, keeping the mailbox for the retention that
     /// goes with how it closed. In-flight messages stay, to be delivered again.
     pub(crate) fn detach(&mut self, reason: CloseReason, retention: &Retention, cx: &mut Ctx<'_>) {
-        if self.live.take().is_some() {
+        if let Some(old) = self.live.take() {
+            Self::forget_breaker(&old, &mut cx.rec.gauges);
             cx.rec.gauges.sessions_active -= 1;
             match reason {
                 CloseReason::Normal => cx.rec.counters.closed_normal += 1,
@@ -636,6 +723,7 @@ impl Mailbox {
             return false;
         };
         live.outbox.end(code);
+        Self::forget_breaker(&live, &mut rec.gauges);
         rec.gauges.sessions_active -= 1;
         rec.counters.closed_shutdown += 1;
         true
@@ -772,7 +860,11 @@ impl Mailbox {
             self.bands.iter().map(VecDeque::len).sum::<usize>(),
             self.queued
         );
-        if self.window_has_room(window) {
+        let breaker_closed = self
+            .live
+            .as_ref()
+            .is_some_and(|l| l.shared.breaker.state() == BreakerState::Closed);
+        if self.window_has_room(window) && breaker_closed {
             assert_eq!(self.queued, 0);
         }
         let f = &self.in_flight;
@@ -867,10 +959,16 @@ mod tests {
 
         fn attach(&mut self) -> outbox::OutboxReceiver<Delivery> {
             let (tx, rx) = outbox::channel(self.window);
-            let shared = Arc::new(SessionShared::new(UserId::new("u").unwrap()));
+            let shared = Arc::new(SessionShared::new(UserId::new("u").unwrap(), cell()));
             self.with(|mb, cx| mb.attach(Live::new(tx, shared), None, true, cx));
             rx
         }
+    }
+
+    fn cell() -> Arc<crate::breaker::BreakerCell> {
+        crate::breaker::Breaker::new(&Default::default())
+            .cell()
+            .clone()
     }
 
     fn msg(p: Priority, len: usize, id: u32) -> Message {
@@ -1019,7 +1117,8 @@ mod tests {
                     }
                     2 => {
                         let (tx, r) = outbox::channel(h.window);
-                        let shared = Arc::new(SessionShared::new(UserId::new("u").unwrap()));
+                        let shared =
+                            Arc::new(SessionShared::new(UserId::new("u").unwrap(), cell()));
                         let resume = Some(ResumePoint {
                             epoch: Epoch(round),
                             last_seq,

@@ -5,6 +5,8 @@ use std::future::poll_fn;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 
+use crate::breaker::{Breaker, BreakerCell, BreakerState, Transition};
+use crate::clock::Clock;
 use crate::error::AckError;
 use crate::loom::{Arc, AtomicU64, AtomicU8, Ordering};
 use crate::message::{Delivery, MessageId, UserId};
@@ -149,6 +151,8 @@ pub enum TryRecvError {
 pub(crate) struct SessionShared {
     link: Link<SessionShared>,
     pub(crate) user: UserId,
+    /// The session's circuit breaker as the worker sees it.
+    pub(crate) breaker: Arc<BreakerCell>,
     acked: AtomicU64,
     /// 0 while open; 1 Normal, 2 Abnormal.
     close: AtomicU8,
@@ -161,10 +165,11 @@ impl Linked for SessionShared {
 }
 
 impl SessionShared {
-    pub(crate) fn new(user: UserId) -> Self {
+    pub(crate) fn new(user: UserId, breaker: Arc<BreakerCell>) -> Self {
         Self {
             link: Link::new(),
             user,
+            breaker,
             acked: AtomicU64::new(0),
             close: AtomicU8::new(0),
         }
@@ -217,6 +222,8 @@ pub struct Session {
     ended: Option<EndReason>,
     /// Whether the worker may have attached this session (its connect command was sent).
     submitted: bool,
+    breaker: Breaker,
+    clock: Clock,
 }
 
 impl Session {
@@ -225,8 +232,12 @@ impl Session {
         outbox: OutboxReceiver<Delivery>,
         shared: Arc<SessionShared>,
         shard: Arc<ShardShared>,
+        breaker: Breaker,
+        clock: Clock,
     ) -> Self {
         Self {
+            breaker,
+            clock,
             user,
             outbox,
             shared,
@@ -347,6 +358,48 @@ impl Session {
             self.shard.signal(&self.shared);
         }
         Ok(())
+    }
+
+    /// Reports that writing a delivery to the user failed (a write error or a write timeout).
+    /// Enough consecutive failures open the session's circuit breaker: the engine then
+    /// delivers nothing new to this session (messages wait in the mailbox, urgent ones still
+    /// first) until the cooldown has passed, then allows one trial delivery. Returns the
+    /// transition, if this report caused one.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::breaker::{BreakerConfig, BreakerState};
+    /// use tether::{Engine, UserId};
+    ///
+    /// let config = BreakerConfig { failure_threshold: 2, ..BreakerConfig::default() };
+    /// let engine = Engine::builder().breaker(config).build().unwrap();
+    /// let mut s = engine.connect(&UserId::new("hal").unwrap(), None).await.unwrap();
+    /// assert!(s.report_delivery_failure().is_none());
+    /// assert!(s.report_delivery_failure().is_some());
+    /// assert!(matches!(s.breaker_state(), BreakerState::Open { .. }));
+    /// # });
+    /// ```
+    pub fn report_delivery_failure(&mut self) -> Option<Transition> {
+        let t = self.breaker.record_failure(self.clock.now_ms());
+        if t.is_some() {
+            self.shard.signal(&self.shared);
+        }
+        t
+    }
+
+    /// Reports that a delivery was written to the user. After a trial this closes the
+    /// breaker and delivery resumes; otherwise it resets the failure count.
+    pub fn report_delivery_success(&mut self) -> Option<Transition> {
+        let t = self.breaker.record_success(self.clock.now_ms());
+        if t.is_some() {
+            self.shard.signal(&self.shared);
+        }
+        t
+    }
+
+    /// The session's circuit breaker state. A writer should not write while it is Open.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
     }
 
     /// Closes the session. Unacknowledged deliveries stay in the mailbox and are delivered

@@ -374,6 +374,9 @@ impl Worker {
                         m.fill_window(cx);
                     });
                 }
+                Timer::Trial { mailbox: slot } => {
+                    self.with_mailbox(slot, |m, cx, _| m.fill_window(cx));
+                }
                 Timer::Remove { mailbox: slot } => {
                     if let Some(mut m) = self.mailboxes.remove(slot) {
                         m.removal_fired();
@@ -582,6 +585,7 @@ impl Worker {
                 return; // a replaced session's late ack or close
             }
             m.settle(node.acked(), cx);
+            m.breaker_changed(cx);
             if let Some(reason) = node.close_requested() {
                 m.detach(reason, r, cx);
             } else {
