@@ -248,7 +248,8 @@ pub(crate) struct Mailbox {
     epoch: Epoch,
     live: Option<Live>,
     limits: Option<UserLimits>,
-    missed: Missed,
+    /// Boxed and created on the first loss: most mailboxes never lose anything.
+    missed: Option<Box<Missed>>,
     /// When a mailbox without a session is removed if it still holds something.
     away_until: u64,
     /// The pending removal timer and its deadline, while no session is attached.
@@ -273,7 +274,7 @@ impl Mailbox {
             epoch,
             live: None,
             limits: None,
-            missed: Missed::default(),
+            missed: None,
             away_until: now.saturating_add(retention.after_normal_ms),
             removal: None,
             counters: UserCounters::default(),
@@ -421,6 +422,11 @@ impl Mailbox {
         self.queued_bytes += message.cost();
         self.band_bytes[b] += message.cost();
         self.occupied |= 1 << b;
+        if self.bands[b].capacity() == 0 {
+            // One slot, not the default four: most away users wait for a message or two, and
+            // this is what an idle million of them costs.
+            self.bands[b].reserve_exact(1);
+        }
         self.bands[b].push_back(Queued {
             tag,
             message,
@@ -688,13 +694,17 @@ impl Mailbox {
         }
         self.live = Some(live);
         self.fill_window(cx);
-        let missed = std::mem::take(&mut self.missed);
+        let missed = self
+            .missed
+            .take()
+            .map(|m| m.manifest.with_ids(m.ids.into()))
+            .unwrap_or_default();
         ConnectInfo {
             epoch: self.epoch,
             recovered,
             redelivered,
             pending: self.queued,
-            missed: missed.manifest.with_ids(missed.ids.into()),
+            missed,
         }
     }
 
@@ -735,7 +745,7 @@ impl Mailbox {
             && self.queued == 0
             && self.in_flight_bytes == 0
             && self.in_flight.iter().all(|f| f.message.is_none())
-            && self.missed.manifest == MissedManifest::default()
+            && self.missed.is_none()
     }
 
     /// Keeps the removal timer of a mailbox without a session at the right deadline: the away
@@ -804,8 +814,9 @@ impl Mailbox {
 
     pub(crate) fn record_loss(&mut self, loss: Loss, id: Option<&MessageId>, cx: &mut Ctx<'_>) {
         let keep_ids = cx.missed_ids;
+        let missed = self.missed.get_or_insert_with(Box::default);
         let (m, c, u) = (
-            &mut self.missed.manifest,
+            &mut missed.manifest,
             &mut cx.rec.counters,
             &mut self.counters,
         );
@@ -816,16 +827,19 @@ impl Mailbox {
             Loss::Expired => (m.expired += 1, c.expired += 1, u.expired += 1),
         };
         if let (Some(id), true) = (id, keep_ids > 0) {
-            if self.missed.ids.len() == keep_ids {
-                self.missed.ids.pop_front();
+            if missed.ids.len() == keep_ids {
+                missed.ids.pop_front();
             }
-            self.missed.ids.push_back(id.clone());
+            missed.ids.push_back(id.clone());
         }
     }
 
     /// Counts a duplicate that was refused (it is not a loss: the first copy stands).
     pub(crate) fn record_duplicate(&mut self) {
-        self.missed.manifest.deduplicated += 1;
+        self.missed
+            .get_or_insert_with(Box::default)
+            .manifest
+            .deduplicated += 1;
         self.counters.duplicates += 1;
     }
 
@@ -838,7 +852,7 @@ impl Mailbox {
             next_seq: self.next_seq,
             epoch: self.epoch,
             connected: self.live.is_some(),
-            missed: self.missed.manifest.total(),
+            missed: self.missed.as_ref().map_or(0, |m| m.manifest.total()),
             counters: self.counters,
         }
     }
@@ -1005,6 +1019,8 @@ mod tests {
         assert_eq!(h.m.stats().queued_per_band, [1, 0, 1, 0]);
         let ids: Vec<_> =
             h.m.missed
+                .as_ref()
+                .unwrap()
                 .ids
                 .iter()
                 .map(|i| i.as_str().to_owned())
@@ -1022,7 +1038,7 @@ mod tests {
         h.send(msg(Priority::Normal, 3, 3), None, &l);
         h.advance(10);
         assert_eq!(h.m.stats().queued_per_band, [0, 0, 2, 0]);
-        assert_eq!(h.m.missed.manifest.expired, 1);
+        assert_eq!(h.m.missed.as_ref().unwrap().manifest.expired, 1);
         // In flight: delivered with a deadline, never acknowledged.
         let mut rx = h.attach();
         h.send(msg(Priority::Critical, 3, 4), Some(5), &l);
@@ -1037,7 +1053,11 @@ mod tests {
             Priority::Critical
         );
         h.advance(15);
-        assert_eq!(h.m.missed.manifest.expired, 1, "counted since the attach");
+        assert_eq!(
+            h.m.missed.as_ref().unwrap().manifest.expired,
+            1,
+            "counted since the attach"
+        );
         assert_eq!(h.m.in_flight_bytes, 0, "the expired payload is freed");
         // Its copy may still wait in the outbox, so it keeps the window slot until acked.
         assert_eq!((h.m.stats().in_flight, h.m.stats().queued()), (1, 1));
