@@ -605,9 +605,6 @@ impl Mailbox {
                 }
             }
         }
-        if self.in_flight.is_empty() && self.in_flight.capacity() > KEEP_EMPTY_CAPACITY {
-            self.in_flight = VecDeque::new();
-        }
     }
 
     /// Drops the message a TTL timer points at. Returns what was dropped (nothing if the
@@ -712,6 +709,11 @@ impl Mailbox {
     /// goes with how it closed. In-flight messages stay, to be delivered again.
     pub(crate) fn detach(&mut self, reason: CloseReason, retention: &Retention, cx: &mut Ctx<'_>) {
         if let Some(old) = self.live.take() {
+            // A live window empties and refills all the time; its memory goes back only when
+            // the session does (not on every empty, which would reallocate per burst).
+            if self.in_flight.is_empty() {
+                self.in_flight = VecDeque::new();
+            }
             Self::forget_breaker(&old, &mut cx.rec.gauges);
             cx.rec.gauges.sessions_active -= 1;
             match reason {

@@ -132,13 +132,17 @@ fn bucket_upper(b: usize) -> u64 {
     ((8 + sub + 1) << (exp - 3)) - 1
 }
 
-/// A worker's own histogram: plain counts, published when it changed.
+/// A worker's own histogram: plain counts, published when it changed. Only the range of
+/// buckets touched since the last publish is copied out, so a pass that recorded a few
+/// similar latencies publishes a few words, not all of them.
 pub(crate) struct LocalHistogram {
     buckets: Box<[u64; BUCKETS]>,
     count: u64,
     sum: u64,
     max: u64,
-    dirty: bool,
+    /// Buckets `lo..=hi` changed since the last publish; `lo > hi` when none did.
+    lo: usize,
+    hi: usize,
 }
 
 impl LocalHistogram {
@@ -148,16 +152,19 @@ impl LocalHistogram {
             count: 0,
             sum: 0,
             max: 0,
-            dirty: false,
+            lo: BUCKETS,
+            hi: 0,
         }
     }
 
     pub(crate) fn record(&mut self, us: u64) {
-        self.buckets[bucket_of(us)] += 1;
+        let b = bucket_of(us);
+        self.buckets[b] += 1;
         self.count += 1;
         self.sum = self.sum.saturating_add(us);
         self.max = self.max.max(us);
-        self.dirty = true;
+        self.lo = self.lo.min(b);
+        self.hi = self.hi.max(b);
     }
 }
 
@@ -179,16 +186,16 @@ impl SharedHistogram {
     }
 
     fn publish(&self, h: &mut LocalHistogram) {
-        if !h.dirty {
+        if h.lo > h.hi {
             return;
         }
-        for (shared, local) in self.buckets.iter().zip(h.buckets.iter()) {
-            shared.store(*local, Ordering::Relaxed);
+        for b in h.lo..=h.hi {
+            self.buckets[b].store(h.buckets[b], Ordering::Relaxed);
         }
         self.count.store(h.count, Ordering::Relaxed);
         self.sum.store(h.sum, Ordering::Relaxed);
         self.max.store(h.max, Ordering::Relaxed);
-        h.dirty = false;
+        (h.lo, h.hi) = (BUCKETS, 0);
     }
 
     fn add_to(&self, into: &mut Histogram) {
@@ -623,6 +630,21 @@ mod tests {
             let upper = bucket_upper(bucket_of(us));
             assert!((upper - us) as f64 <= us as f64 / 8.0, "{us} -> {upper}");
         }
+    }
+
+    #[test]
+    fn publishing_copies_every_changed_bucket() {
+        let (mut local, shared) = (LocalHistogram::new(), SharedHistogram::new());
+        local.record(5);
+        shared.publish(&mut local);
+        local.record(1000);
+        local.record(3);
+        shared.publish(&mut local);
+        shared.publish(&mut local); // nothing changed: a no-op
+        let mut h = Histogram::default();
+        shared.add_to(&mut h);
+        assert_eq!(h.count, 3);
+        assert_eq!(h.buckets().map(|(_, n)| n).sum::<u64>(), 3);
     }
 
     #[test]
