@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use tether::{Engine, Message, OverflowPolicy, Session, TrySendError, UserId, UserLimits};
+use tether::{
+    DedupMode, Engine, Message, OverflowPolicy, Priority, Session, TrySendError, UserId, UserLimits,
+};
 
 /// Messages per iteration.
 const N: u64 = 200_000;
@@ -231,8 +233,13 @@ trait Transport {
 // ---------------------------------------------------------------------------------------------
 // tether
 
-struct Tether {
+/// The engine; with `TIME_AND_DEDUP` every message also has a TTL (a per-priority default of
+/// one minute: a wheel entry while it waits and another while in flight) and a unique id
+/// checked against the dedup window, to show what the two cost.
+struct Tether<const TIME_AND_DEDUP: bool> {
     case: Case,
+    /// Runs so far: ids must differ between runs or the dedup window would refuse them.
+    runs: u64,
     // Sessions first: they are dropped (closed) before the engine stops.
     sessions: Vec<Session>,
     last_seq: Vec<u64>,
@@ -240,9 +247,18 @@ struct Tether {
     engine: Engine,
 }
 
-impl Transport for Tether {
+impl<const TIME_AND_DEDUP: bool> Transport for Tether<TIME_AND_DEDUP> {
     fn new(case: Case) -> Self {
-        let engine = Engine::builder()
+        let mut builder = Engine::builder();
+        if TIME_AND_DEDUP {
+            for p in Priority::ALL {
+                builder = builder.default_ttl(p, Some(Duration::from_secs(60)));
+            }
+            builder = builder.dedup(DedupMode::Ids);
+        } else {
+            builder = builder.dedup(DedupMode::Off);
+        }
+        let engine = builder
             .shards(SHARDS)
             .user_limits(UserLimits {
                 max_messages: N as usize,
@@ -266,6 +282,7 @@ impl Transport for Tether {
         });
         Self {
             case,
+            runs: 0,
             sessions,
             last_seq: vec![0; users.len()],
             users,
@@ -275,6 +292,8 @@ impl Transport for Tether {
 
     fn run(&mut self, check: bool) -> Duration {
         let case = self.case;
+        self.runs += 1;
+        let run = self.runs;
         let barrier = Barrier::new(case.producers + 1);
         let deadline = Instant::now() + HANG;
         let (engine, users) = (&self.engine, &self.users);
@@ -289,6 +308,9 @@ impl Transport for Tether {
                     for i in case.range(p) {
                         let user = &users[case.user_of(i)];
                         let mut message = Message::new(payload(i));
+                        if TIME_AND_DEDUP {
+                            message = message.with_id(format!("{run}-{i}"));
+                        }
                         loop {
                             match engine.try_send(user, message) {
                                 Ok(()) => break,
@@ -528,7 +550,8 @@ fn bench_case(c: &mut Criterion, case: Case) {
     let mut group = c.benchmark_group(case.name());
     group.throughput(Throughput::Elements(N));
     group.sampling_mode(SamplingMode::Flat);
-    variant::<Tether>(&mut group, "tether", case);
+    variant::<Tether<false>>(&mut group, "tether", case);
+    variant::<Tether<true>>(&mut group, "tether_ttl_dedup", case);
     variant::<Channel<Crossbeam>>(&mut group, "crossbeam_channel", case);
     variant::<Channel<TokioMpsc>>(&mut group, "tokio_mpsc", case);
     variant::<Channel<Flume>>(&mut group, "flume", case);
