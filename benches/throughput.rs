@@ -233,10 +233,10 @@ trait Transport {
 // ---------------------------------------------------------------------------------------------
 // tether
 
-/// The engine; with `TIME_AND_DEDUP` every message also has a TTL (a per-priority default of
-/// one minute: a wheel entry while it waits and another while in flight) and a unique id
-/// checked against the dedup window, to show what the two cost.
-struct Tether<const TIME_AND_DEDUP: bool> {
+/// The engine. `FEATURES`: 0 plain; `TTL` gives every message a TTL (a per-priority default
+/// of one minute: a wheel entry while it waits and another while in flight); `DEDUP` also
+/// gives it a unique id (formatted by the producer) checked against the dedup window.
+struct Tether<const FEATURES: u8> {
     case: Case,
     /// Runs so far: ids must differ between runs or the dedup window would refuse them.
     runs: u64,
@@ -247,17 +247,22 @@ struct Tether<const TIME_AND_DEDUP: bool> {
     engine: Engine,
 }
 
-impl<const TIME_AND_DEDUP: bool> Transport for Tether<TIME_AND_DEDUP> {
+const TTL: u8 = 1;
+const DEDUP: u8 = 2;
+
+impl<const FEATURES: u8> Transport for Tether<FEATURES> {
     fn new(case: Case) -> Self {
         let mut builder = Engine::builder();
-        if TIME_AND_DEDUP {
+        if FEATURES & TTL != 0 {
             for p in Priority::ALL {
                 builder = builder.default_ttl(p, Some(Duration::from_secs(60)));
             }
-            builder = builder.dedup(DedupMode::Ids);
-        } else {
-            builder = builder.dedup(DedupMode::Off);
         }
+        builder = builder.dedup(if FEATURES & DEDUP != 0 {
+            DedupMode::Ids
+        } else {
+            DedupMode::Off
+        });
         let engine = builder
             .shards(SHARDS)
             .user_limits(UserLimits {
@@ -308,7 +313,7 @@ impl<const TIME_AND_DEDUP: bool> Transport for Tether<TIME_AND_DEDUP> {
                     for i in case.range(p) {
                         let user = &users[case.user_of(i)];
                         let mut message = Message::new(payload(i));
-                        if TIME_AND_DEDUP {
+                        if FEATURES & DEDUP != 0 {
                             message = message.with_id(format!("{run}-{i}"));
                         }
                         loop {
@@ -550,8 +555,9 @@ fn bench_case(c: &mut Criterion, case: Case) {
     let mut group = c.benchmark_group(case.name());
     group.throughput(Throughput::Elements(N));
     group.sampling_mode(SamplingMode::Flat);
-    variant::<Tether<false>>(&mut group, "tether", case);
-    variant::<Tether<true>>(&mut group, "tether_ttl_dedup", case);
+    variant::<Tether<0>>(&mut group, "tether", case);
+    variant::<Tether<TTL>>(&mut group, "tether_ttl", case);
+    variant::<Tether<{ TTL | DEDUP }>>(&mut group, "tether_ttl_dedup", case);
     variant::<Channel<Crossbeam>>(&mut group, "crossbeam_channel", case);
     variant::<Channel<TokioMpsc>>(&mut group, "tokio_mpsc", case);
     variant::<Channel<Flume>>(&mut group, "flume", case);
