@@ -249,16 +249,20 @@ impl ShardMetrics {
     }
 
     /// Worker side, once per pass: Relaxed stores, since each value is read on its own and a
-    /// snapshot is a sum of recent values, not a consistent cut.
-    pub(crate) fn publish(&self, r: &mut ShardRecorder) {
+    /// snapshot is a sum of recent values, not a consistent cut. Histograms only when
+    /// `histograms` says so (at most every millisecond, and at barriers): a pass can be much
+    /// shorter than that, and copying buckets each time cost more than recording did.
+    pub(crate) fn publish(&self, r: &mut ShardRecorder, histograms: bool) {
         for (shared, v) in self.counters.iter().zip(r.counters.to_array()) {
             shared.store(v, Ordering::Relaxed);
         }
         for (shared, v) in self.gauges.iter().zip(r.gauges.to_array()) {
             shared.store(v, Ordering::Relaxed);
         }
-        self.enqueue_to_delivery.publish(&mut r.enqueue_to_delivery);
-        self.delivery_to_ack.publish(&mut r.delivery_to_ack);
+        if histograms {
+            self.enqueue_to_delivery.publish(&mut r.enqueue_to_delivery);
+            self.delivery_to_ack.publish(&mut r.delivery_to_ack);
+        }
     }
 
     /// Adds this shard's published values into `into`.

@@ -136,6 +136,8 @@ pub(crate) struct Worker {
     now: u64,
     now_us: u64,
     rec: ShardRecorder,
+    /// When histograms were last published (µs).
+    histograms_at: u64,
     phase: Phase,
     /// Commands refused since the shutdown began.
     refused: u64,
@@ -187,6 +189,7 @@ impl Worker {
             now: clock.now_ms(),
             now_us: clock.now_us(),
             rec: ShardRecorder::new(config.latency_metrics),
+            histograms_at: 0,
             phase: Phase::Running,
             refused: 0,
             clock,
@@ -309,7 +312,7 @@ impl Worker {
             }
             report.kept += m.held_messages() as u64;
         }
-        self.publish();
+        self.publish_with(true);
         let _ = reply.send(report);
     }
 
@@ -342,9 +345,18 @@ impl Worker {
 
     /// Publishes usage and metrics for readers on other threads.
     fn publish(&mut self) {
+        self.publish_with(false);
+    }
+
+    /// Publishes usage and metrics; histograms at most once per millisecond unless `force`.
+    fn publish_with(&mut self, force: bool) {
         self.budget.publish();
         self.rec.gauges.held_bytes = self.budget.local();
-        self.shard.metrics.publish(&mut self.rec);
+        let histograms = force || self.now_us.saturating_sub(self.histograms_at) >= 1000;
+        if histograms {
+            self.histograms_at = self.now_us;
+        }
+        self.shard.metrics.publish(&mut self.rec, histograms);
     }
 
     /// The engine is being dropped: processes what is left in the inbox and ends every
@@ -356,7 +368,7 @@ impl Worker {
         for (_, m) in self.mailboxes.slots.iter_mut().flatten() {
             m.end_session(END_SHUTDOWN, &mut self.rec);
         }
-        self.publish();
+        self.publish_with(true);
     }
 
     fn fire_timers(&mut self) -> usize {
@@ -454,7 +466,7 @@ impl Worker {
                 self.read_clock();
                 self.fire_timers();
                 self.wake.flush();
-                self.publish();
+                self.publish_with(true);
                 let _ = reply.send(());
             }
             Command::Shutdown { options, reply } => self.begin_shutdown(options, reply),
