@@ -5,23 +5,12 @@
 use std::time::Duration;
 
 use tether::{
-    AckError, ConfigError, ConnectError, Delivery, Engine, InvalidInput, Message, OverflowPolicy,
-    Priority, SendError, SendOutcome, Session, ShedThresholds, TrySendError, UserId, UserLimits,
+    AckError, ConfigError, ConnectError, Engine, InvalidInput, Message, OverflowPolicy, Priority,
+    SendError, SendOutcome, ShedThresholds, TrySendError, UserId, UserLimits,
 };
 
-/// Hang guard only: expiry fails the test, nothing is measured.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn recv(s: &mut Session) -> Delivery {
-    tokio::time::timeout(GUARD, s.recv())
-        .await
-        .expect("hang guard: no delivery within 30 s")
-        .expect("session ended unexpectedly")
-}
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
+mod common;
+use common::{recv, user};
 
 /// Checks a refused `try_send`: the error and the untouched message.
 fn expect_try_invalid(r: Result<(), TrySendError>, error: InvalidInput, payload: &[u8]) {

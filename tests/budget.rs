@@ -1,26 +1,12 @@
 //! The engine-wide memory budget: Low is refused first and Critical last, losses show up as
 //! `shed` in an existing mailbox's manifest, and the bytes held never exceed the budget.
 
-use std::time::Duration;
-
 use tether::{
-    Delivery, Engine, Message, MessageId, Priority, RejectReason, SendOutcome, Session,
-    ShedThresholds, UserId,
+    Engine, Message, MessageId, Priority, RejectReason, SendOutcome, ShedThresholds, UserId,
 };
 
-/// Hang guard only: expiry fails the test, nothing is measured.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn recv(s: &mut Session) -> Delivery {
-    tokio::time::timeout(GUARD, s.recv())
-        .await
-        .expect("hang guard: no delivery within 30 s")
-        .expect("session ended unexpectedly")
-}
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
+mod common;
+use common::{recv, user};
 
 const BUDGET: u64 = 10_000;
 const SHED: SendOutcome = SendOutcome::Rejected(RejectReason::MemoryBudget);

@@ -12,14 +12,11 @@ use tether::{
     TryRecvError, UserId, UserLimits,
 };
 
-/// Hang guard only: expiry fails the test, nothing is measured.
-const GUARD: Duration = Duration::from_secs(30);
+mod common;
+use common::{user, GUARD};
+
 /// Hang guard for a whole multi-threaded phase (debug builds on 2 cores are slow).
 const PHASE_GUARD: Duration = Duration::from_secs(300);
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
 
 /// Caps high enough that no test here ever loses a message to overflow; `Reject` so that a
 /// loss would be visible rather than silent.

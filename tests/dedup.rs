@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use tether::{Clock, DedupMode, Engine, EngineBuilder, Message, SendOutcome, UserId};
 
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
+mod common;
+use common::user;
 
 fn engine_with(clock: &Clock, f: impl FnOnce(EngineBuilder) -> EngineBuilder) -> Engine {
     f(Engine::builder().shards(2).clock(clock.clone()))

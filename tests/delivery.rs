@@ -1,22 +1,13 @@
 //! The delivery contract: the window, cumulative acks, resume with `(epoch, last_seq)`,
 //! replacement of a session by a newer one, and what a reconnect hands over again.
 
-use std::time::Duration;
-
 use tether::{
     AckError, CloseReason, Delivery, EndReason, Engine, Epoch, Message, OverflowPolicy, Priority,
     ResumePoint, SendOutcome, Session, TryRecvError, UserId, UserLimits,
 };
 
-/// Hang guard only: expiry fails the test, nothing is measured.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn recv(s: &mut Session) -> Delivery {
-    tokio::time::timeout(GUARD, s.recv())
-        .await
-        .expect("hang guard: no delivery within 30 s")
-        .expect("session ended unexpectedly")
-}
+mod common;
+use common::{assert_nothing_more, recv, text, user, GUARD};
 
 async fn recv_n(s: &mut Session, n: usize) -> Vec<(u64, String)> {
     let mut v = Vec::with_capacity(n);
@@ -25,14 +16,6 @@ async fn recv_n(s: &mut Session, n: usize) -> Vec<(u64, String)> {
         v.push((d.seq(), text(&d)));
     }
     v
-}
-
-fn text(d: &Delivery) -> String {
-    String::from_utf8(d.payload().to_vec()).unwrap()
-}
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
 }
 
 /// `(seq, "m{seq-1}")` for each seq in the range: what `send_numbered` messages look like
@@ -44,16 +27,6 @@ fn numbered(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, String)> {
 async fn send_numbered(engine: &Engine, u: &UserId, n: usize) {
     for i in 0..n {
         engine.send(u, Message::new(format!("m{i}"))).await.unwrap();
-    }
-}
-
-/// After a barrier every delivery made so far is in the outbox: nothing more must be there.
-async fn assert_nothing_more(engine: &Engine, s: &mut Session) {
-    engine.barrier().await;
-    match s.try_recv() {
-        Err(TryRecvError::Empty) => {}
-        Ok(d) => panic!("unexpected delivery seq {} {:?}", d.seq(), text(&d)),
-        Err(e) => panic!("unexpected {e:?}"),
     }
 }
 

@@ -7,9 +7,8 @@ use tether::{
     Clock, CloseReason, Engine, Message, OverflowPolicy, Priority, SendOutcome, UserId, UserLimits,
 };
 
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
+mod common;
+use common::user;
 
 #[tokio::test]
 async fn a_scripted_scenario_gives_exact_counts() {

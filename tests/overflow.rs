@@ -1,30 +1,13 @@
 //! Per-user caps (messages and bytes) under each overflow policy, priority-aware eviction,
 //! per-user overrides, and what the missed manifest reports.
 
-use std::time::Duration;
-
 use tether::{
-    Delivery, Engine, Message, MessageId, OverflowPolicy, Priority, RejectReason, SendOutcome,
-    Session, UserId, UserLimits,
+    Engine, Message, MessageId, OverflowPolicy, Priority, RejectReason, SendOutcome, Session,
+    UserId, UserLimits,
 };
 
-/// Hang guard only: expiry fails the test, nothing is measured.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn recv(s: &mut Session) -> Delivery {
-    tokio::time::timeout(GUARD, s.recv())
-        .await
-        .expect("hang guard: no delivery within 30 s")
-        .expect("session ended unexpectedly")
-}
-
-fn text(d: &Delivery) -> String {
-    String::from_utf8(d.payload().to_vec()).unwrap()
-}
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
+mod common;
+use common::{recv, text, user};
 
 fn ids(v: &[MessageId]) -> Vec<&str> {
     v.iter().map(MessageId::as_str).collect()

@@ -1,37 +1,10 @@
 //! Messages sent while a user is away wait in the mailbox and are handed over on connect:
 //! seq from 1, FIFO within a band, bands most urgent first.
 
-use std::time::Duration;
+use tether::{Engine, Message, MissedManifest, Priority, SendOutcome};
 
-use tether::{Delivery, Engine, Message, MissedManifest, Priority, SendOutcome, Session, UserId};
-
-/// Hang guard only: expiry fails the test, nothing is measured.
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn recv(s: &mut Session) -> Delivery {
-    tokio::time::timeout(GUARD, s.recv())
-        .await
-        .expect("hang guard: no delivery within 30 s")
-        .expect("session ended unexpectedly")
-}
-
-fn text(d: &Delivery) -> String {
-    String::from_utf8(d.payload().to_vec()).unwrap()
-}
-
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
-
-/// After a barrier every delivery made so far is in the outbox: nothing more must be there.
-async fn assert_nothing_more(engine: &Engine, s: &mut Session) {
-    engine.barrier().await;
-    match s.try_recv() {
-        Err(tether::TryRecvError::Empty) => {}
-        Ok(d) => panic!("unexpected delivery seq {} {:?}", d.seq(), text(&d)),
-        Err(e) => panic!("unexpected {e:?}"),
-    }
-}
+mod common;
+use common::{assert_nothing_more, recv, text, user};
 
 #[tokio::test]
 async fn message_queued_while_away_is_delivered_on_connect() {

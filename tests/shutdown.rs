@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use tether::{
     ConnectError, EndReason, Engine, Message, SendError, SendOutcome, ShutdownOptions,
-    TrySendError, UserId, UserLimits,
+    TrySendError, UserLimits,
 };
 
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
+mod common;
+use common::user;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_delivers_the_backlog_to_a_reader_then_ends_the_session() {

@@ -8,9 +8,8 @@ use tether::{
     Clock, CloseReason, Engine, EngineBuilder, Message, Priority, SendOutcome, Session, UserId,
 };
 
-fn user(name: &str) -> UserId {
-    UserId::new(name).unwrap()
-}
+mod common;
+use common::user;
 
 fn engine_with(clock: &Clock, f: impl FnOnce(EngineBuilder) -> EngineBuilder) -> Engine {
     f(Engine::builder().shards(1).clock(clock.clone()))
