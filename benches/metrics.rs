@@ -70,7 +70,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::hint::{black_box, spin_loop};
+use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, OnceLock, RwLock};
 use std::thread;
@@ -84,6 +84,9 @@ use metrics::{SharedString, Unit};
 use tether::{
     CloseReason, Engine, Message, OverflowPolicy, Session, TrySendError, UserId, UserLimits,
 };
+
+mod support;
+use support::{payload, Patience, HANG, N, PAYLOAD};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator
@@ -183,16 +186,10 @@ const COUNTERS: usize = 22;
 const HIST_WORDS: usize = 16 + 37 * 8 + 3;
 /// Metrics (users, counters) in the memory part.
 const MANY: usize = 10_000;
-/// Messages per engine run.
-const N: u64 = 200_000;
-/// Payload size in bytes.
-const PAYLOAD: usize = 64;
 /// Most messages the consumer takes from one session per look.
 const BATCH: usize = 256;
 /// Shards of the engine under test, on a 2-core machine.
 const SHARDS: usize = 2;
-/// A run that has not finished after this long panics.
-const HANG: Duration = Duration::from_secs(60);
 /// Interleaved on/off pairs in `engine_ab`.
 const AB_ROUNDS: usize = 100;
 
@@ -936,60 +933,6 @@ where
 
 // ---------------------------------------------------------------------------------------------
 // Part 3: the engine with latency metrics on and off (the loop of benches/throughput.rs)
-
-/// `N * PAYLOAD` bytes; payload `i` starts with `i` (little endian). Leaked once so payloads
-/// can be `Bytes::from_static`: sending never copies or reference-counts them.
-fn pool() -> &'static [u8] {
-    static POOL: OnceLock<&'static [u8]> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let mut v = vec![0xA5u8; N as usize * PAYLOAD];
-        for (i, chunk) in v.chunks_exact_mut(PAYLOAD).enumerate() {
-            chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        }
-        Vec::leak(v)
-    })
-}
-
-#[inline]
-fn payload(i: u64) -> Bytes {
-    let at = i as usize * PAYLOAD;
-    Bytes::from_static(&pool()[at..at + PAYLOAD])
-}
-
-/// Spin a little, then yield; panic once the run's deadline has passed.
-struct Patience {
-    spins: u32,
-    deadline: Instant,
-}
-
-impl Patience {
-    const SPINS: u32 = 64;
-
-    fn new(deadline: Instant) -> Self {
-        Self { spins: 0, deadline }
-    }
-
-    #[inline]
-    fn progress(&mut self) {
-        self.spins = 0;
-    }
-
-    #[inline]
-    fn wait(&mut self, what: &str) {
-        self.spins += 1;
-        if self.spins < Self::SPINS {
-            spin_loop();
-            return;
-        }
-        thread::yield_now();
-        if self.spins % 256 == 0 {
-            assert!(
-                Instant::now() < self.deadline,
-                "{what}: not done after {HANG:?}; a message was lost or withheld"
-            );
-        }
-    }
-}
 
 /// Thread ids of this process (Linux `/proc`; empty elsewhere).
 fn task_ids() -> Vec<u32> {

@@ -34,8 +34,7 @@
 //! assertion).
 
 use std::collections::{HashMap, VecDeque};
-use std::hint::spin_loop;
-use std::sync::{Barrier, Mutex, OnceLock};
+use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -45,18 +44,15 @@ use tether::{
     DedupMode, Engine, Message, OverflowPolicy, Priority, Session, TrySendError, UserId, UserLimits,
 };
 
-/// Messages per iteration.
-const N: u64 = 200_000;
-/// Payload size in bytes.
-const PAYLOAD: usize = 64;
+mod support;
+use support::{payload, Patience, HANG, N, PAYLOAD};
+
 /// Channel capacity (and tether's default window).
 const CAPACITY: usize = 1024;
 /// Most messages the consumer takes from one session / user per look.
 const BATCH: usize = 256;
 /// Shards of the engine under test (worker threads), on a 2-core machine.
 const SHARDS: usize = 2;
-/// A run that has not finished after this long panics.
-const HANG: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -92,60 +88,6 @@ impl Case {
 
     fn user_of(self, i: u64) -> usize {
         (i % self.users as u64) as usize
-    }
-}
-
-/// `N * PAYLOAD` bytes; payload `i` is bytes `[i * PAYLOAD, (i + 1) * PAYLOAD)` and starts with
-/// `i` as a little-endian u64. Leaked once so payloads can be `Bytes::from_static`.
-fn pool() -> &'static [u8] {
-    static POOL: OnceLock<&'static [u8]> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let mut v = vec![0xA5u8; N as usize * PAYLOAD];
-        for (i, chunk) in v.chunks_exact_mut(PAYLOAD).enumerate() {
-            chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        }
-        Vec::leak(v)
-    })
-}
-
-#[inline]
-fn payload(i: u64) -> Bytes {
-    let at = i as usize * PAYLOAD;
-    Bytes::from_static(&pool()[at..at + PAYLOAD])
-}
-
-/// Spin a little, then yield; panic once the run's deadline has passed.
-struct Patience {
-    spins: u32,
-    deadline: Instant,
-}
-
-impl Patience {
-    const SPINS: u32 = 64;
-
-    fn new(deadline: Instant) -> Self {
-        Self { spins: 0, deadline }
-    }
-
-    #[inline]
-    fn progress(&mut self) {
-        self.spins = 0;
-    }
-
-    #[inline]
-    fn wait(&mut self, what: &str) {
-        self.spins += 1;
-        if self.spins < Self::SPINS {
-            spin_loop();
-            return;
-        }
-        thread::yield_now();
-        if self.spins % 256 == 0 {
-            assert!(
-                Instant::now() < self.deadline,
-                "{what}: not done after {HANG:?}; a message was lost or withheld"
-            );
-        }
     }
 }
 
