@@ -168,6 +168,11 @@ impl ShardShared {
         self.signals.take_all()
     }
 
+    /// Worker side: whether a session signalled since the last `take_signals`.
+    pub(crate) fn has_signals(&self) -> bool {
+        !self.signals.is_empty()
+    }
+
     /// Worker side: parks for at most `timeout` unless work arrives.
     pub(crate) fn park(&self, timeout: Duration, inbox: &mpsc::Receiver<Command>) {
         self.parker.park_unless(timeout, || {

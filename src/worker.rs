@@ -326,6 +326,13 @@ impl Worker {
         let mut taken = 0;
         while taken < BATCH {
             let Some(cmd) = self.inbox.pop() else { break };
+            // An ack or close issued before this command was sent is in the signal list now
+            // (the pop synchronises with the push): apply it first, so a send after a close
+            // queues instead of going to the closed session, and an ack before a reconnect
+            // is not lost. One load when the list is empty.
+            if self.shard.has_signals() {
+                self.drain_signals();
+            }
             self.handle(cmd);
             taken += 1;
         }
@@ -567,11 +574,6 @@ impl Worker {
             // The connecting caller gave up before we got here.
             return;
         }
-        // Acks and closes the previous session sent before this connect was issued are in the
-        // signal list now (the connect's pop synchronises with its push). Apply them first:
-        // once replaced, that session's signals are ignored, and an ack that returned Ok must
-        // not be lost.
-        self.drain_signals();
         let Some((slot, created)) =
             self.mailboxes
                 .get_or_create(&req.user, self.now, &self.retention)

@@ -464,3 +464,26 @@ async fn ack_just_before_a_reconnect_is_not_lost() {
         failures[0]
     );
 }
+
+/// A send issued after the session was dropped must find the user away (queued), not deliver
+/// into the dropped session's outbox. Regression: the worker handled the send (inbox) before
+/// the close (signal list) when both arrived in one pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_after_a_drop_is_queued_not_delivered() {
+    let engine = Engine::builder().shards(1).build().unwrap();
+    let busy = user("busy");
+    for i in 0..200 {
+        let u = user(&format!("drop-send-{i}"));
+        let s = engine.connect(&u, None).await.unwrap();
+        // Keep the worker busy so the close and the send land in the same pass.
+        for _ in 0..50 {
+            engine.send(&busy, Message::new("x")).await.unwrap();
+        }
+        drop(s);
+        let outcome = engine
+            .send_confirmed(&u, Message::new("after"))
+            .await
+            .unwrap();
+        assert_eq!(outcome, SendOutcome::Queued { evicted: 0 }, "iteration {i}");
+    }
+}

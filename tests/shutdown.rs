@@ -48,11 +48,10 @@ async fn flush_delivers_the_backlog_to_a_reader_then_ends_the_session() {
     assert_eq!(end, Some(EndReason::Shutdown));
     assert_eq!(report.sessions_closed, 1);
     assert_eq!(report.workers_stopped, 2);
-    assert_eq!(
-        report.flushed + 4,
-        100,
-        "4 were in the window before the shutdown"
-    );
+    // 4 were in the window before the shutdown; an ack applied just before the shutdown
+    // command (signals go first) lets one more window through uncounted.
+    assert!((92..=96).contains(&report.flushed), "{report:?}");
+    assert_eq!(engine.metrics().counters.delivered, 100);
     assert!(
         report.kept <= 4,
         "at most the last unacknowledged window: {report:?}"
