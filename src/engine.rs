@@ -482,3 +482,46 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         std::thread::park();
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::ConnectError;
+    use crate::{EndReason, Message, SendError, UserId};
+
+    /// A shard whose worker panics answers every later call with an error instead of leaving
+    /// callers waiting, and ends the sessions it held.
+    #[test]
+    fn a_crashed_shard_refuses_instead_of_hanging() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let engine = Engine::builder().shards(1).build().unwrap();
+            let u = UserId::new("u").unwrap();
+            let mut s = engine.connect(&u, None).await.unwrap();
+            let crash = engine.inner.shards[0].push(Command::Panic);
+            assert!(crash.is_ok());
+            let guard = Duration::from_secs(30);
+            let send = engine.send_confirmed(&u, Message::new("x"));
+            let sent = tokio::time::timeout(guard, send).await.expect("no hang");
+            assert!(matches!(sent, Err(SendError::Unconfirmed)), "{sent:?}");
+            let connect = tokio::time::timeout(guard, engine.connect(&u, None)).await;
+            assert_eq!(
+                connect.expect("no hang").unwrap_err(),
+                ConnectError::ShuttingDown
+            );
+            assert_eq!(
+                tokio::time::timeout(guard, s.recv())
+                    .await
+                    .expect("no hang")
+                    .map(|d| d.seq()),
+                None
+            );
+            assert_eq!(s.end_reason(), Some(EndReason::Shutdown));
+        });
+    }
+}

@@ -23,7 +23,7 @@ use crate::message::{Delivery, Message, MessageId, RejectReason, SendOutcome};
 use crate::metrics::{Gauges, ShardRecorder, UserCounters};
 use crate::ring::outbox::{OutboxNotifier, OutboxSender};
 use crate::session::{
-    ConnectInfo, Epoch, MissedManifest, ResumePoint, SessionShared, END_REPLACED,
+    ConnectInfo, Epoch, MissedManifest, ResumePoint, SessionShared, END_REPLACED, END_SHUTDOWN,
 };
 use crate::wheel::{TimerHandle, Wheel};
 use crate::CloseReason;
@@ -739,6 +739,13 @@ impl Mailbox {
         rec.gauges.sessions_active -= 1;
         rec.counters.closed_shutdown += 1;
         true
+    }
+
+    /// Ends the live session without touching any other state (a crashed shard).
+    pub(crate) fn abandon_session(&mut self) {
+        if let Some(live) = self.live.take() {
+            live.outbox.end(END_SHUTDOWN);
+        }
     }
 
     /// Holds nothing worth keeping: no session, no message, no recorded loss.

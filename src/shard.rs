@@ -45,6 +45,9 @@ pub(crate) enum Command {
         options: ShutdownOptions,
         reply: oneshot::Sender<ShutdownReport>,
     },
+    /// Makes the worker panic, to test that a crashed shard answers with errors.
+    #[cfg(all(test, not(loom)))]
+    Panic,
     Inspect {
         user: UserId,
         reply: oneshot::Sender<Option<MailboxStats>>,

@@ -8,6 +8,7 @@
 //! parks until work arrives or the next timer is due.
 
 use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -205,6 +206,20 @@ impl Worker {
     }
 
     pub(crate) fn run(mut self) {
+        let served = panic::catch_unwind(AssertUnwindSafe(|| self.serve()));
+        if served.is_err() {
+            // A bug took this shard down mid-pass: its state cannot be trusted. End its
+            // sessions and refuse whatever still arrives, so no caller waits forever: confirmed
+            // sends see `Unconfirmed`, connects `ShuttingDown`. (The panic itself was printed.)
+            self.phase = Phase::Refusing;
+            for (_, m) in self.mailboxes.slots.iter_mut().flatten() {
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| m.abandon_session()));
+            }
+            while self.refuse_all() {}
+        }
+    }
+
+    fn serve(&mut self) {
         loop {
             if matches!(self.phase, Phase::Refusing) {
                 if !self.refuse_all() {
@@ -477,6 +492,8 @@ impl Worker {
                 let _ = reply.send(());
             }
             Command::Shutdown { options, reply } => self.begin_shutdown(options, reply),
+            #[cfg(all(test, not(loom)))]
+            Command::Panic => panic!("a bug in a shard worker (test)"),
             Command::Inspect { user, reply } => {
                 let stats = self
                     .mailboxes
