@@ -81,12 +81,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Thro
 use criterion::{measurement::WallTime, SamplingMode};
 use metrics::{Counter, Gauge, Histogram as MHistogram, Key, KeyName, Metadata, Recorder};
 use metrics::{SharedString, Unit};
-use tether::{
-    CloseReason, Engine, Message, OverflowPolicy, Session, TrySendError, UserId, UserLimits,
-};
+use tether::{CloseReason, Engine, Message, OverflowPolicy, Session, UserId, UserLimits};
 
 mod support;
-use support::{payload, Patience, HANG, N, PAYLOAD};
+use support::{payload, send_patiently, Patience, HANG, N, PAYLOAD};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator
@@ -1064,18 +1062,7 @@ impl Tether {
                 barrier.wait();
                 for i in 0..N {
                     let user = &ids[(i % users as u64) as usize];
-                    let mut message = Message::new(payload(i));
-                    loop {
-                        match engine.try_send(user, message) {
-                            Ok(()) => break,
-                            Err(TrySendError::Full(m)) => {
-                                message = m;
-                                patience.wait("tether producer");
-                            }
-                            Err(_) => panic!("tether refused message {i}"),
-                        }
-                    }
-                    patience.progress();
+                    send_patiently(engine, user, Message::new(payload(i)), &mut patience);
                 }
             });
             let mut buf = Vec::with_capacity(BATCH);

@@ -40,12 +40,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use tether::{
-    DedupMode, Engine, Message, OverflowPolicy, Priority, Session, TrySendError, UserId, UserLimits,
-};
+use tether::{DedupMode, Engine, Message, OverflowPolicy, Priority, Session, UserId, UserLimits};
 
 mod support;
-use support::{payload, Patience, HANG, N, PAYLOAD};
+use support::{payload, send_patiently, Patience, HANG, N, PAYLOAD};
 
 /// Channel capacity (and tether's default window).
 const CAPACITY: usize = 1024;
@@ -258,17 +256,7 @@ impl<const FEATURES: u8> Transport for Tether<FEATURES> {
                         if FEATURES & DEDUP != 0 {
                             message = message.with_id(format!("{run}-{i}"));
                         }
-                        loop {
-                            match engine.try_send(user, message) {
-                                Ok(()) => break,
-                                Err(TrySendError::Full(m)) => {
-                                    message = m;
-                                    patience.wait("tether producer");
-                                }
-                                Err(_) => panic!("tether refused message {i}"),
-                            }
-                        }
-                        patience.progress();
+                        send_patiently(engine, user, message, &mut patience);
                     }
                 });
             }

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tether::{Engine, Message, TrySendError, UserId};
 
 /// Messages per engine run.
 pub const N: u64 = 200_000;
@@ -69,4 +70,21 @@ impl Patience {
             );
         }
     }
+}
+
+/// Sends `message` with `try_send`, waiting patiently while the shard's inbox is full (the
+/// back-pressure a producer sees); any other refusal fails the bench.
+pub fn send_patiently(engine: &Engine, user: &UserId, message: Message, patience: &mut Patience) {
+    let mut message = message;
+    loop {
+        match engine.try_send(user, message) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) => {
+                message = m;
+                patience.wait("tether producer");
+            }
+            Err(e) => panic!("tether refused a message: {e}"),
+        }
+    }
+    patience.progress();
 }
