@@ -102,6 +102,9 @@ pub struct Config {
     pub(crate) clock: Clock,
     pub(crate) latency_metrics: bool,
     pub(crate) breaker: BreakerConfig,
+    pub(crate) stream_timeout: Duration,
+    pub(crate) max_streams_per_user: usize,
+    pub(crate) stream_reorder_window: u32,
 }
 
 impl Config {
@@ -176,6 +179,9 @@ impl Default for EngineBuilder {
                 clock: Clock::system(),
                 latency_metrics: true,
                 breaker: BreakerConfig::default(),
+                stream_timeout: Duration::from_secs(60),
+                max_streams_per_user: 64,
+                stream_reorder_window: 1024,
             },
         }
     }
@@ -322,6 +328,34 @@ impl EngineBuilder {
         self
     }
 
+    /// How long an incomplete stream may go without a new part before it is aborted with
+    /// [`AbortReason::Timeout`](crate::AbortReason::Timeout) (incomplete: a part before the
+    /// last is missing, or the last has not arrived). Also how long a finished stream is
+    /// remembered, so its late parts are refused. Default 60 seconds; at least 1 ms.
+    pub fn stream_timeout(mut self, timeout: Duration) -> Self {
+        self.config.stream_timeout = timeout;
+        self
+    }
+
+    /// Most open streams per user, counting aborted ones whose marker is not delivered yet;
+    /// a part that would open one more is refused with
+    /// [`RejectReason::TooManyStreams`](crate::RejectReason::TooManyStreams). Also how many
+    /// finished streams are remembered per user. Default 64; at least 1.
+    pub fn max_streams_per_user(mut self, n: usize) -> Self {
+        self.config.max_streams_per_user = n;
+        self
+    }
+
+    /// How far ahead of its stream's first missing part a part may arrive and be held back:
+    /// part `i` is refused with
+    /// [`RejectReason::StreamWindowFull`](crate::RejectReason::StreamWindowFull) when
+    /// `i >= first_missing + n`. Held parts also count against the user's caps. Default 1024;
+    /// at least 1.
+    pub fn stream_reorder_window(mut self, n: u32) -> Self {
+        self.config.stream_reorder_window = n;
+        self
+    }
+
     /// The time source. Default [`Clock::system`]; tests use [`Clock::manual`].
     pub fn clock(mut self, clock: Clock) -> Self {
         self.config.clock = clock;
@@ -368,6 +402,18 @@ impl EngineBuilder {
         )?;
         range("max_users", c.max_users, 1, usize::MAX)?;
         range("dedup_max_entries", c.dedup_max_entries, 1, usize::MAX)?;
+        range(
+            "max_streams_per_user",
+            c.max_streams_per_user,
+            1,
+            usize::MAX,
+        )?;
+        range(
+            "stream_reorder_window",
+            c.stream_reorder_window as usize,
+            1,
+            u32::MAX as usize,
+        )?;
         let at_least_1ms = |name: &'static str, d: Duration| {
             if d < Duration::from_millis(1) {
                 Err(ConfigError::OutOfRange {
@@ -384,6 +430,7 @@ impl EngineBuilder {
         at_least_1ms("keep_away_mailboxes.after_abnormal", c.keep_after_abnormal)?;
         at_least_1ms("idle_timeout", c.idle_timeout)?;
         at_least_1ms("dedup_window", c.dedup_window)?;
+        at_least_1ms("stream_timeout", c.stream_timeout)?;
         if c.memory_budget_bytes == 0 {
             return Err(ConfigError::OutOfRange {
                 setting: "memory_budget_bytes",

@@ -66,6 +66,9 @@ impl DedupWindow {
                 seed ^ ID_DOMAIN,
             )),
             (DedupMode::Ids, None) => None,
+            // A stream's parts are told apart by index, not content (two parts may well be
+            // equal); the stream itself refuses a repeated index.
+            (DedupMode::IdsAndContent, None) if message.is_stream_part() => None,
             (DedupMode::IdsAndContent, None) => Some(xxhash_rust::xxh3::xxh3_64_with_seed(
                 message.payload(),
                 seed ^ CONTENT_DOMAIN,

@@ -10,7 +10,8 @@ use crate::breaker::Breaker;
 use crate::budget::Budget;
 use crate::config::{Config, EngineBuilder, UserLimits};
 use crate::error::{
-    ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError, TrySendError,
+    AbortStreamError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError,
+    TrySendError,
 };
 use crate::loom::{thread, Arc, AtomicBool, Ordering};
 use crate::mailbox::MailboxStats;
@@ -20,6 +21,7 @@ use crate::ring::{mpsc, outbox, Full};
 use crate::session::{ResumePoint, Session, SessionShared};
 use crate::shard::{Command, ConnectRequest, ShardShared};
 use crate::shutdown::{ShutdownOptions, ShutdownReport};
+use crate::stream::StreamStatus;
 use crate::worker::Worker;
 
 /// The messaging engine. Cheap to clone; every clone is a handle to the same shards. The
@@ -137,6 +139,15 @@ impl Engine {
         Ok(())
     }
 
+    fn check_stream_id(&self, stream: &str) -> Result<(), InvalidInput> {
+        let max = self.inner.config.max_message_id_len;
+        match stream.len() {
+            0 => Err(InvalidInput::EmptyStreamId),
+            len if len > max => Err(InvalidInput::StreamIdTooLong { len, max }),
+            _ => Ok(()),
+        }
+    }
+
     fn check(&self, user: &UserId, message: &Message) -> Result<(), InvalidInput> {
         self.check_user(user)?;
         let c = &self.inner.config;
@@ -146,6 +157,9 @@ impl Engine {
                 len,
                 max: c.max_payload_bytes,
             });
+        }
+        if let Some(part) = message.stream_part() {
+            self.check_stream_id(part.stream())?;
         }
         if let Some(id) = message.id() {
             let len = id.as_str().len();
@@ -392,6 +406,70 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Inspect {
             user: user.clone(),
+            reply: tx,
+        };
+        self.shard(user).push_wait(cmd).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Aborts stream `stream` of `user` on the producer's behalf: its parts not yet delivered
+    /// are dropped, and the user receives an abort marker carrying
+    /// [`AbortReason::Producer`](crate::AbortReason::Producer) with `reason`, after the parts already delivered. Returns
+    /// whether the stream was open. A stream the engine has not seen yet is remembered as
+    /// aborted (while the user has a mailbox), so parts that arrive after the abort are
+    /// refused with [`RejectReason::StreamClosed`](crate::RejectReason::StreamClosed).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::{AbortReason, Engine, Message, StreamPart, UserId};
+    ///
+    /// let engine = Engine::builder().build().unwrap();
+    /// let bo = UserId::new("bo").unwrap();
+    /// let mut session = engine.connect(&bo, None).await.unwrap();
+    /// let part = StreamPart::new("answer", 0, false);
+    /// engine.send(&bo, Message::new("The answer is").with_stream_part(part)).await.unwrap();
+    /// assert!(engine.abort_stream(&bo, "answer", "model overloaded").await.unwrap());
+    ///
+    /// assert_eq!(&session.recv().await.unwrap().payload()[..], b"The answer is");
+    /// let marker = session.recv().await.unwrap();
+    /// let reason = marker.stream_part().unwrap().abort_reason().unwrap();
+    /// assert_eq!(reason, &AbortReason::Producer("model overloaded".into()));
+    /// # });
+    /// ```
+    pub async fn abort_stream(
+        &self,
+        user: &UserId,
+        stream: &str,
+        reason: &str,
+    ) -> Result<bool, AbortStreamError> {
+        if self.is_closing() {
+            return Err(AbortStreamError::ShuttingDown);
+        }
+        self.check_user(user)?;
+        self.check_stream_id(stream)?;
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::AbortStream {
+            user: user.clone(),
+            stream: std::sync::Arc::from(stream),
+            reason: std::sync::Arc::from(reason),
+            reply: tx,
+        };
+        self.shard(user)
+            .push_wait(cmd)
+            .await
+            .map_err(|_| AbortStreamError::ShuttingDown)?;
+        rx.await.map_err(|_| AbortStreamError::ShuttingDown)
+    }
+
+    /// What the engine knows of stream `stream` of `user`: which parts arrived, which are
+    /// held back or missing, how many were delivered and acknowledged, or how it ended.
+    /// `None` if the stream is unknown (never seen, finished longer ago than the stream
+    /// timeout, or its mailbox is gone) or the engine is shutting down. See [`StreamStatus`].
+    pub async fn stream_status(&self, user: &UserId, stream: &str) -> Option<StreamStatus> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::StreamStatus {
+            user: user.clone(),
+            stream: Box::from(stream),
             reply: tx,
         };
         self.shard(user).push_wait(cmd).await.ok()?;

@@ -39,6 +39,17 @@ pub enum InvalidInput {
         /// Which cap.
         setting: &'static str,
     },
+    /// A stream id is empty.
+    #[error("stream id is empty")]
+    EmptyStreamId,
+    /// A stream id is longer than the configured maximum (the message id maximum).
+    #[error("stream id is {len} bytes, more than the maximum of {max}")]
+    StreamIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
     /// The message id is longer than the configured maximum.
     #[error("message id is {len} bytes, more than the maximum of {max}")]
     MessageIdTooLong {
@@ -145,6 +156,18 @@ pub enum SetLimitsError {
     /// The shard already holds `max_users` overrides.
     #[error("the engine holds its maximum number of per-user overrides")]
     TooManyUsers,
+}
+
+/// Why [`Engine::abort_stream`](crate::Engine::abort_stream) did not abort.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AbortStreamError {
+    /// The user id or stream id is invalid.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InvalidInput),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
 }
 
 /// Why [`Session::ack`](crate::Session::ack) refused an acknowledgement. A refused ack changes

@@ -59,6 +59,7 @@ pub mod ring;
 mod session;
 mod shard;
 mod shutdown;
+mod stream;
 pub mod wheel;
 mod worker;
 
@@ -72,7 +73,8 @@ pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimi
 pub use dedup::DedupMode;
 pub use engine::Engine;
 pub use error::{
-    AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError, TrySendError,
+    AbortStreamError, AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError,
+    TrySendError,
 };
 pub use mailbox::MailboxStats;
 pub use message::{
@@ -84,6 +86,7 @@ pub use session::{
     Session, TryRecvError,
 };
 pub use shutdown::{ShutdownOptions, ShutdownReport};
+pub use stream::{AbortReason, StreamPhase, StreamStatus};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

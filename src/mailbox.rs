@@ -19,12 +19,13 @@ use std::collections::VecDeque;
 use crate::breaker::{BreakerState, Permit};
 use crate::config::{OverflowPolicy, UserLimits};
 use crate::loom::Arc;
-use crate::message::{Delivery, Message, MessageId, RejectReason, SendOutcome};
+use crate::message::{Delivery, Message, MessageId, Priority, RejectReason, SendOutcome};
 use crate::metrics::{Gauges, ShardRecorder, UserCounters};
 use crate::ring::outbox::{OutboxNotifier, OutboxSender};
 use crate::session::{
     ConnectInfo, Epoch, MissedManifest, ResumePoint, SessionShared, END_REPLACED, END_SHUTDOWN,
 };
+use crate::stream::{AbortReason, Admission, StreamLimits, StreamStatus, Streams};
 use crate::wheel::{TimerHandle, Wheel};
 use crate::CloseReason;
 
@@ -56,6 +57,8 @@ pub(crate) enum Timer {
     Remove { mailbox: u32 },
     /// A session's breaker cooldown ended: a trial delivery may go.
     Trial { mailbox: u32 },
+    /// A stream's deadline or incompleteness timeout (checked when it fires).
+    Stream { mailbox: u32, stream: u32 },
 }
 
 /// What the mailbox needs from its shard for one operation.
@@ -71,6 +74,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) slot: u32,
     pub(crate) window: usize,
     pub(crate) missed_ids: usize,
+    pub(crate) streams: StreamLimits,
 }
 
 /// How long a mailbox without a session is kept.
@@ -79,6 +83,11 @@ pub(crate) struct Retention {
     pub(crate) after_normal_ms: u64,
     pub(crate) after_abnormal_ms: u64,
     pub(crate) idle_ms: u64,
+}
+
+/// Whether `m` is a part (not the abort marker) of stream `id`.
+fn is_part_of(m: &Message, id: &str) -> bool {
+    m.is_stream_part() && m.stream_part().is_some_and(|p| p.stream() == id)
 }
 
 /// A message's deadline and the wheel entry that enforces it.
@@ -250,6 +259,8 @@ pub(crate) struct Mailbox {
     limits: Option<UserLimits>,
     /// Boxed and created on the first loss: most mailboxes never lose anything.
     missed: Option<Box<Missed>>,
+    /// Boxed and created on the first stream part: most users never get a stream.
+    streams: Option<Box<Streams>>,
     /// When a mailbox without a session is removed if it still holds something.
     away_until: u64,
     /// The pending removal timer and its deadline, while no session is attached.
@@ -275,20 +286,27 @@ impl Mailbox {
             live: None,
             limits: None,
             missed: None,
+            streams: None,
             away_until: now.saturating_add(retention.after_normal_ms),
             removal: None,
             counters: UserCounters::default(),
         }
     }
 
-    /// Payload bytes this mailbox holds (queued and in flight).
-    pub(crate) fn held_bytes(&self) -> usize {
-        self.queued_bytes + self.in_flight_bytes
+    /// Stream parts held back until the parts before them arrive, and their bytes.
+    fn stream_held(&self) -> (usize, usize) {
+        self.streams.as_ref().map_or((0, 0), |s| s.held())
     }
 
-    /// Messages this mailbox holds (queued and in flight).
+    /// Payload bytes this mailbox holds (queued, held back and in flight).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.queued_bytes + self.stream_held().1 + self.in_flight_bytes
+    }
+
+    /// Messages this mailbox holds (queued, held back and in flight).
     pub(crate) fn held_messages(&self) -> usize {
         self.queued
+            + self.stream_held().0
             + self
                 .in_flight
                 .iter()
@@ -325,10 +343,13 @@ impl Mailbox {
         defaults: &UserLimits,
         cx: &mut Ctx<'_>,
     ) -> SendOutcome {
+        if message.is_stream_part() {
+            return self.accept_part(message, expires_at, defaults, cx);
+        }
         self.counters.sent += 1;
         // Straight into the window only past an empty backlog: with the breaker open the
         // window can have room while older messages wait, and they go first.
-        if self.queued == 0 && self.may_deliver(cx) {
+        if self.backlog_empty() && self.may_deliver(cx) {
             let now_us = cx.now_us;
             self.deliver(message, expires_at, now_us, cx);
             return SendOutcome::Delivered;
@@ -351,13 +372,15 @@ impl Mailbox {
                     self.record_loss(Loss::Evicted, message.id(), cx);
                     return SendOutcome::Rejected(RejectReason::Dropped);
                 }
-                OverflowPolicy::DropOldest => match self.evict_for(&limits, &message, cx) {
-                    Some(n) => evicted = n,
-                    None => {
-                        self.record_loss(Loss::Evicted, message.id(), cx);
-                        return SendOutcome::Rejected(RejectReason::Dropped);
+                OverflowPolicy::DropOldest => {
+                    match self.evict_for(&limits, message.priority(), cost, None, cx) {
+                        Some(n) => evicted = n,
+                        None => {
+                            self.record_loss(Loss::Evicted, message.id(), cx);
+                            return SendOutcome::Rejected(RejectReason::Dropped);
+                        }
                     }
-                },
+                }
             }
         }
         self.push_band(message, expires_at, cx);
@@ -366,29 +389,41 @@ impl Mailbox {
         SendOutcome::Queued { evicted }
     }
 
-    /// Would one more message of `cost` bytes fit the backlog caps?
+    /// No message waits for the window: nothing in the bands and no stream abort marker.
+    fn backlog_empty(&self) -> bool {
+        self.queued == 0 && !self.streams.as_ref().is_some_and(|s| s.has_markers())
+    }
+
+    /// Would one more message of `cost` bytes fit the backlog caps? Stream parts held back
+    /// count against them like queued messages.
     fn fits(&self, limits: &UserLimits, cost: usize) -> bool {
-        self.queued < limits.max_messages && self.queued_bytes + cost <= limits.max_bytes
+        let (held, held_bytes) = self.stream_held();
+        self.queued + held < limits.max_messages
+            && self.queued_bytes + held_bytes + cost <= limits.max_bytes
     }
 
     /// Evicts the oldest messages of the least urgent bands that are no more urgent than
-    /// `incoming` until it fits; `None` (evicting nothing) if even evicting all of them would
-    /// not make room.
+    /// `priority` until `cost` more bytes fit; `None` (evicting nothing) if even evicting all
+    /// of them would not make room. A stream is evicted as a whole: it is aborted. If the
+    /// oldest candidate is a part of `own` (the incoming part's stream), the stream does not
+    /// fit: `None`, and the caller aborts it.
     fn evict_for(
         &mut self,
         limits: &UserLimits,
-        incoming: &Message,
+        priority: Priority,
+        cost: usize,
+        own: Option<&str>,
         cx: &mut Ctx<'_>,
     ) -> Option<u32> {
-        let lowest_eligible = incoming.priority().index();
+        let lowest_eligible = priority.index();
         let (mut n, mut bytes) = (0, 0);
         for b in lowest_eligible..4 {
             n += self.bands[b].len();
             bytes += self.band_bytes[b];
         }
-        let cost = incoming.cost();
-        if self.queued - n + 1 > limits.max_messages
-            || self.queued_bytes - bytes + cost > limits.max_bytes
+        let (held, held_bytes) = self.stream_held();
+        if self.queued + held - n + 1 > limits.max_messages
+            || self.queued_bytes + held_bytes - bytes + cost > limits.max_bytes
         {
             return None;
         }
@@ -396,11 +431,255 @@ impl Mailbox {
         while !self.fits(limits, cost) {
             let b = 7 - self.occupied.leading_zeros() as usize;
             debug_assert!(b >= lowest_eligible);
-            let victim = self.pop_band(b, cx);
-            self.record_loss(Loss::Evicted, victim.id(), cx);
-            evicted += 1;
+            let front = &self.bands[b].front().expect("occupied band").message;
+            let stream = front
+                .is_stream_part()
+                .then(|| front.stream_part().expect("a part").stream());
+            if stream.is_some() && stream == own {
+                return None;
+            }
+            let slot = stream.and_then(|id| self.streams.as_ref()?.slot_of(id));
+            match slot {
+                Some(slot) => evicted += self.abort_slot(slot, AbortReason::Overflow, cx),
+                None => {
+                    let victim = self.pop_band(b, cx);
+                    self.record_loss(Loss::Evicted, victim.id(), cx);
+                    evicted += 1;
+                }
+            }
         }
         Some(evicted)
+    }
+
+    /// Takes a part of a stream (see `stream.rs`): refused, held back until the parts before
+    /// it arrive, or released with them into the window or the stream's band. The caps see
+    /// the stream as a unit: a part that cannot be kept ends its whole stream.
+    fn accept_part(
+        &mut self,
+        message: Message,
+        expires_at: Option<u64>,
+        defaults: &UserLimits,
+        cx: &mut Ctx<'_>,
+    ) -> SendOutcome {
+        self.counters.sent += 1;
+        let config = cx.streams;
+        let streams = self
+            .streams
+            .get_or_insert_with(|| Box::new(Streams::new(&config)));
+        streams.forget_finished(cx.now, config.timeout_ms);
+        let part = message.stream_part().expect("a stream part");
+        let id = part.stream_id().clone();
+        let slot = match streams.admit(part, &config) {
+            Admission::Opens => None,
+            Admission::Joins(slot) => Some(slot),
+            Admission::Duplicate => {
+                cx.rec.counters.duplicates += 1;
+                self.record_duplicate();
+                return SendOutcome::Duplicate;
+            }
+            Admission::Refused(reason) => {
+                cx.rec.counters.rejected += 1;
+                self.counters.rejected += 1;
+                return SendOutcome::Rejected(reason);
+            }
+        };
+        // Until part 0 arrives, the part's own priority is the best guess of the stream's.
+        let priority = slot
+            .and_then(|slot| streams.get(slot)?.known_priority())
+            .unwrap_or(message.priority());
+        let limits = self.limits.unwrap_or(*defaults);
+        let cost = message.cost();
+        let mut evicted = 0;
+        if cost > limits.max_bytes || !self.fits(&limits, cost) {
+            let room = if cost > limits.max_bytes {
+                None
+            } else {
+                cx.rec.counters.overflows += 1;
+                match limits.overflow {
+                    OverflowPolicy::DropOldest => {
+                        self.evict_for(&limits, priority, cost, Some(&id), cx)
+                    }
+                    _ => None,
+                }
+            };
+            match room {
+                Some(n) => evicted = n,
+                None => {
+                    let (loss, reason) = if cost > limits.max_bytes {
+                        (Loss::Rejected, RejectReason::LargerThanMailbox)
+                    } else if limits.overflow == OverflowPolicy::Reject {
+                        (Loss::Rejected, RejectReason::MailboxFull)
+                    } else {
+                        (Loss::Evicted, RejectReason::Dropped)
+                    };
+                    self.record_loss(loss, message.id(), cx);
+                    self.end_stream(id, AbortReason::Overflow, cx);
+                    return SendOutcome::Rejected(reason);
+                }
+            }
+        }
+        let streams = self.streams.as_mut().expect("created above");
+        let slot = match slot {
+            Some(slot) => slot,
+            None => {
+                cx.rec.gauges.streams_open += 1;
+                streams.open(id, cx.now, &mut cx.rec.counters)
+            }
+        };
+        let released = streams.arrive(slot, message, expires_at, cx.now);
+        self.schedule_stream(slot, cx);
+        let mut outcome = SendOutcome::Queued { evicted };
+        for (i, m) in released.into_iter().enumerate() {
+            if self.backlog_empty() && self.may_deliver(cx) {
+                self.deliver(m, None, cx.now_us, cx);
+                if i == 0 {
+                    outcome = SendOutcome::Delivered;
+                }
+            } else {
+                // No per-part deadline: the stream's own timer ends it as a whole.
+                self.push_band(m, None, cx);
+            }
+        }
+        self.fill_window(cx);
+        outcome
+    }
+
+    /// Keeps the stream's timer at (or before) its next due time.
+    fn schedule_stream(&mut self, slot: u32, cx: &mut Ctx<'_>) {
+        let Some(s) = self.streams.as_mut().and_then(|st| st.get_mut(slot)) else {
+            return;
+        };
+        let due = s.due(&cx.streams);
+        match (s.timer, due) {
+            // An earlier timer re-checks when it fires and moves itself on.
+            (Some((_, at)), Some(due)) if at <= due => {}
+            (old, due) => {
+                if let Some((timer, _)) = old {
+                    cx.wheel.cancel(timer);
+                }
+                s.timer = due.map(|at| {
+                    let timer = cx.wheel.insert(
+                        at,
+                        Timer::Stream {
+                            mailbox: cx.slot,
+                            stream: slot,
+                        },
+                    );
+                    (timer, at)
+                });
+            }
+        }
+    }
+
+    /// A stream's timer fired: aborts the stream if it is overdue, else sets the timer again.
+    pub(crate) fn stream_timer_fired(&mut self, slot: u32, cx: &mut Ctx<'_>) {
+        let Some(s) = self.streams.as_mut().and_then(|st| st.get_mut(slot)) else {
+            return;
+        };
+        s.timer = None;
+        match s.overdue(cx.now, &cx.streams) {
+            Some(reason) => {
+                self.abort_slot(slot, reason, cx);
+            }
+            None => self.schedule_stream(slot, cx),
+        }
+    }
+
+    /// Aborts the open stream `id`, or, if it never opened, remembers that it ended so its
+    /// later parts are refused.
+    fn end_stream(&mut self, id: std::sync::Arc<str>, reason: AbortReason, cx: &mut Ctx<'_>) {
+        let config = cx.streams;
+        let streams = self
+            .streams
+            .get_or_insert_with(|| Box::new(Streams::new(&config)));
+        match streams.slot_of(&id) {
+            Some(slot) => {
+                self.abort_slot(slot, reason, cx);
+            }
+            None => streams.refuse(id, reason, cx.now),
+        }
+    }
+
+    /// Aborts the open stream in `slot`: drops its parts not yet delivered (queued in its band
+    /// or held back), counts them as lost unless the producer asked for it, and queues its
+    /// abort marker. Returns how many parts were dropped.
+    fn abort_slot(&mut self, slot: u32, reason: AbortReason, cx: &mut Ctx<'_>) -> u32 {
+        let loss = match reason {
+            AbortReason::Overflow => Some(Loss::Evicted),
+            AbortReason::MemoryBudget => Some(Loss::Shed),
+            AbortReason::Timeout | AbortReason::Expired => Some(Loss::Expired),
+            AbortReason::Producer(_) => None,
+        };
+        let streams = self.streams.as_mut().expect("an open stream");
+        let mut s = streams.abort(slot, reason, cx.now, &mut cx.rec.counters);
+        cx.rec.gauges.streams_open -= 1;
+        if let Some((timer, _)) = s.timer.take() {
+            cx.wheel.cancel(timer);
+        }
+        let mut dropped: Vec<Message> = s.take_held().into_values().collect();
+        let b = s.priority().index();
+        if self.bands[b].iter().any(|q| is_part_of(&q.message, s.id())) {
+            let band = std::mem::take(&mut self.bands[b]);
+            let mut kept = VecDeque::with_capacity(band.len());
+            let mut gone = Vec::new();
+            for q in band {
+                if is_part_of(&q.message, s.id()) {
+                    debug_assert!(
+                        q.expiry.is_none(),
+                        "stream parts have no timer of their own"
+                    );
+                    gone.push(q.message);
+                } else {
+                    kept.push_back(q);
+                }
+            }
+            self.bands[b] = kept;
+            for m in gone {
+                self.after_band_removal(b, &m, &mut cx.rec.gauges);
+                dropped.push(m);
+            }
+        }
+        if let Some(loss) = loss {
+            for m in &dropped {
+                self.record_loss(loss, m.id(), cx);
+            }
+        }
+        dropped.len() as u32
+    }
+
+    /// The producer aborts stream `id`. Returns whether it was open. A stream not seen yet is
+    /// remembered as aborted, so parts that arrive after the abort are refused.
+    pub(crate) fn abort_stream(
+        &mut self,
+        id: std::sync::Arc<str>,
+        reason: AbortReason,
+        cx: &mut Ctx<'_>,
+    ) -> bool {
+        let open = self
+            .streams
+            .as_ref()
+            .is_some_and(|s| s.slot_of(&id).is_some());
+        if open || self.stream_status(&id).is_none() {
+            self.end_stream(id, reason, cx);
+        }
+        if open {
+            self.fill_window(cx);
+        }
+        open
+    }
+
+    /// What is known of stream `id`.
+    pub(crate) fn stream_status(&self, id: &str) -> Option<StreamStatus> {
+        self.streams.as_ref()?.status(id)
+    }
+
+    /// The memory budget refused a message; if it is a stream part, its stream ends as a unit.
+    pub(crate) fn shed_part_or_message(&mut self, message: &Message, cx: &mut Ctx<'_>) {
+        self.record_loss(Loss::Shed, message.id(), cx);
+        if let Some(part) = message.stream_part().filter(|_| message.is_stream_part()) {
+            self.end_stream(part.stream_id().clone(), AbortReason::MemoryBudget, cx);
+            self.fill_window(cx);
+        }
     }
 
     fn push_band(&mut self, message: Message, expires_at: Option<u64>, cx: &mut Ctx<'_>) {
@@ -555,6 +834,11 @@ impl Mailbox {
         let pushed = live.outbox.push(Delivery::new(seq, message.clone()));
         debug_assert!(pushed.is_ok(), "outbox smaller than the window");
         cx.wake.add(live);
+        if let (Some(part), Some(streams)) = (message.stream_part(), self.streams.as_mut()) {
+            if message.is_stream_part() {
+                streams.delivered(part.stream(), part.index());
+            }
+        }
         let expiry = expires_at.map(|at| Expiry {
             at,
             timer: cx.wheel.insert(
@@ -575,6 +859,13 @@ impl Mailbox {
 
     /// Moves the most urgent waiting messages into the window while it has room.
     pub(crate) fn fill_window(&mut self, cx: &mut Ctx<'_>) {
+        // Abort markers first: their stream's undelivered parts are gone, so nothing of that
+        // stream can come after them, and they free the stream's slot once acknowledged.
+        while self.streams.as_ref().is_some_and(|s| s.has_markers()) && self.may_deliver(cx) {
+            let marker = self.streams.as_mut().and_then(|s| s.next_marker());
+            let marker = marker.expect("has_markers checked it");
+            self.deliver(marker, None, cx.now_us, cx);
+        }
         while self.occupied != 0 && self.may_deliver(cx) {
             let b = self.occupied.trailing_zeros() as usize;
             let q = self.bands[b].pop_front().expect("occupied band");
@@ -595,6 +886,23 @@ impl Mailbox {
             }
             self.in_flight_bytes -= f.cost();
             cx.rec.gauges.in_flight -= 1;
+            if let (Some(m), Some(streams)) = (&f.message, self.streams.as_mut()) {
+                let part = m.stream_part().filter(|_| m.is_stream_part());
+                if let Some(part) = part {
+                    let done = streams.acknowledged(
+                        part.stream(),
+                        part.index(),
+                        cx.now,
+                        &mut cx.rec.counters,
+                    );
+                    if let Some(mut done) = done {
+                        cx.rec.gauges.streams_open -= 1;
+                        if let Some((timer, _)) = done.timer.take() {
+                            cx.wheel.cancel(timer);
+                        }
+                    }
+                }
+            }
             if f.message.is_some() {
                 self.counters.acknowledged += 1;
                 cx.rec.counters.acknowledged += 1;
@@ -634,7 +942,9 @@ impl Mailbox {
                 self.in_flight_bytes -= message.cost();
                 message
             }
-            Timer::Remove { .. } | Timer::Trial { .. } => return Dropped::default(),
+            Timer::Remove { .. } | Timer::Trial { .. } | Timer::Stream { .. } => {
+                return Dropped::default()
+            }
         };
         self.record_loss(Loss::Expired, message.id(), cx);
         Dropped {
@@ -673,6 +983,10 @@ impl Mailbox {
             }
             _ => false,
         };
+        if let Some(streams) = self.streams.as_ref() {
+            cx.rec.counters.streams_resumed +=
+                streams.iter().filter(|s| s.in_progress()).count() as u64;
+        }
         // Expired entries held window slots for the old outbox only.
         let before = self.in_flight.len();
         self.in_flight.retain(|f| f.message.is_some());
@@ -755,6 +1069,7 @@ impl Mailbox {
             && self.in_flight_bytes == 0
             && self.in_flight.iter().all(|f| f.message.is_none())
             && self.missed.is_none()
+            && self.streams.as_ref().is_none_or(|s| s.is_empty())
     }
 
     /// Keeps the removal timer of a mailbox without a session at the right deadline: the away
@@ -814,6 +1129,14 @@ impl Mailbox {
         }
         if let Some((timer, _)) = self.removal.take() {
             wheel.cancel(timer);
+        }
+        if let Some(streams) = self.streams.as_ref() {
+            rec.gauges.streams_open -= streams.open_count() as u64;
+            for s in streams.iter() {
+                if let Some((timer, _)) = s.timer {
+                    wheel.cancel(timer);
+                }
+            }
         }
         Dropped {
             messages: self.held_messages() as u64,
@@ -894,6 +1217,28 @@ impl Mailbox {
         assert!(f.iter().zip(f.iter().skip(1)).all(|(a, b)| a.seq < b.seq));
         assert!(f.back().is_none_or(|last| last.seq < self.next_seq));
         assert_eq!(self.live.is_none(), self.removal.is_some());
+        if let Some(streams) = &self.streams {
+            let (parts, bytes) = streams
+                .iter()
+                .map(|s| s.held())
+                .fold((0, 0), |(p, b), (p2, b2)| (p + p2, b + b2));
+            assert_eq!(streams.held(), (parts, bytes));
+            // A stream's released parts wait in its own band, in index order.
+            for s in streams.iter() {
+                let b = s.priority().index();
+                let idx: Vec<u32> = self.bands[b]
+                    .iter()
+                    .filter(|q| is_part_of(&q.message, s.id()))
+                    .map(|q| q.message.stream_part().expect("a part").index())
+                    .collect();
+                assert!(idx.windows(2).all(|w| w[0] + 1 == w[1]), "{idx:?}");
+                for other in (0..4).filter(|&o| o != b) {
+                    assert!(!self.bands[other]
+                        .iter()
+                        .any(|q| is_part_of(&q.message, s.id())));
+                }
+            }
+        }
     }
 }
 
@@ -941,6 +1286,11 @@ mod tests {
                 slot: 0,
                 window: self.window,
                 missed_ids: 5,
+                streams: StreamLimits {
+                    timeout_ms: 1000,
+                    max_per_user: 4,
+                    reorder_window: 8,
+                },
             };
             let r = f(&mut self.m, &mut cx);
             self.wake.flush();
@@ -1142,7 +1492,17 @@ mod tests {
                     0 | 1 => {
                         let p = Priority::ALL[next(4) as usize];
                         let ttl = [None, Some(1), Some(30)][next(3) as usize];
-                        h.send(msg(p, next(12) as usize, step), ttl, &l);
+                        let mut m = msg(p, next(12) as usize, step);
+                        if next(3) == 0 {
+                            let index = next(6) as u32;
+                            let stream = format!("s{}-{round}", next(2));
+                            m = m.with_stream_part(crate::StreamPart::new(
+                                stream,
+                                index,
+                                index == 5,
+                            ));
+                        }
+                        h.send(m, ttl, &l);
                     }
                     2 => {
                         let (tx, r) = outbox::channel(h.window);
@@ -1185,8 +1545,9 @@ mod tests {
                     }
                 }
                 h.m.debug_check(h.window);
-                assert!(h.m.queued_bytes <= l.max_bytes);
-                assert!(h.m.queued <= l.max_messages);
+                let (held, held_bytes) = h.m.stream_held();
+                assert!(h.m.queued_bytes + held_bytes <= l.max_bytes);
+                assert!(h.m.queued + held <= l.max_messages);
             }
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::InvalidInput;
+use crate::stream::AbortReason;
 
 /// Who a message is for. Cheap to clone (a reference count), hashed once at creation.
 ///
@@ -205,17 +206,29 @@ impl Priority {
     }
 }
 
-/// Marks a message as one part of a stream (semantics arrive with resumable streams).
+/// Marks a message as one part of a stream: a multi-part response delivered in part order,
+/// resumable after a disconnect (see [`Engine::stream_status`](crate::Engine::stream_status)
+/// and [`Engine::abort_stream`](crate::Engine::abort_stream)).
+///
+/// Part 0 sets the stream's priority and TTL for every part; the other parts' own priority
+/// and TTL are ignored. Parts may be sent in any order and from any thread: each is held back
+/// until the parts before it have arrived.
+///
+/// A session also receives abort markers: deliveries whose part has an
+/// [`abort_reason`](Self::abort_reason), an empty payload, and as index the number of parts
+/// delivered before the abort.
 ///
 /// ```
 /// let part = tether::StreamPart::new("answer-7", 0, false);
 /// assert_eq!(part.index(), 0);
+/// assert!(part.abort_reason().is_none());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamPart {
     stream: Arc<str>,
     index: u32,
     last: bool,
+    abort: Option<AbortReason>,
 }
 
 impl StreamPart {
@@ -225,11 +238,19 @@ impl StreamPart {
             stream: Arc::from(stream.as_ref()),
             index,
             last,
+            abort: None,
         }
     }
     /// The stream's id.
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+    pub(crate) fn stream_id(&self) -> &Arc<str> {
+        &self.stream
+    }
+    /// On an abort marker, why the stream was aborted; `None` on a part.
+    pub fn abort_reason(&self) -> Option<&AbortReason> {
+        self.abort.as_ref()
     }
     /// The part's index, from 0.
     pub fn index(&self) -> u32 {
@@ -333,6 +354,28 @@ impl Message {
         self.stream.as_deref()
     }
 
+    /// The marker a session receives when stream `stream` is aborted after `delivered` parts.
+    pub(crate) fn abort_marker(
+        stream: Arc<str>,
+        delivered: u32,
+        priority: Priority,
+        reason: AbortReason,
+    ) -> Self {
+        Self::new(Bytes::new())
+            .with_priority(priority)
+            .with_stream_part(StreamPart {
+                stream,
+                index: delivered,
+                last: true,
+                abort: Some(reason),
+            })
+    }
+
+    /// A part of a stream, as opposed to an ordinary message or an abort marker.
+    pub(crate) fn is_stream_part(&self) -> bool {
+        self.stream.as_ref().is_some_and(|p| p.abort.is_none())
+    }
+
     /// Bytes this message holds against the user's and the engine's limits.
     pub(crate) fn cost(&self) -> usize {
         self.payload.len()
@@ -374,6 +417,11 @@ impl Delivery {
         self.message.priority
     }
 
+    /// The stream part, if this is a part of a stream or an abort marker.
+    pub fn stream_part(&self) -> Option<&StreamPart> {
+        self.message.stream_part()
+    }
+
     /// The message, by value.
     pub fn into_message(self) -> Message {
         self.message
@@ -413,6 +461,16 @@ pub enum RejectReason {
     MemoryBudget,
     /// The engine already holds its maximum number of mailboxes.
     TooManyUsers,
+    /// A stream part for a stream that already completed or was aborted.
+    StreamClosed,
+    /// A stream part that contradicts its stream: past the last part, or marked last while a
+    /// later part (or another last part) already arrived.
+    StreamPartInvalid,
+    /// A stream part too far ahead of the first missing part to be held back (the
+    /// stream reorder window).
+    StreamWindowFull,
+    /// The user already has the maximum number of open streams.
+    TooManyStreams,
 }
 
 impl RejectReason {
@@ -428,6 +486,10 @@ impl RejectReason {
             RejectReason::LargerThanMailbox => "larger_than_mailbox",
             RejectReason::MemoryBudget => "memory_budget",
             RejectReason::TooManyUsers => "too_many_users",
+            RejectReason::StreamClosed => "stream_closed",
+            RejectReason::StreamPartInvalid => "stream_part_invalid",
+            RejectReason::StreamWindowFull => "stream_window_full",
+            RejectReason::TooManyStreams => "too_many_streams",
         }
     }
 }

@@ -71,6 +71,14 @@ metric_set! {
         breaker_half_opens: "Circuit breakers that allowed a trial delivery (retry attempts).",
         breaker_closes: "Circuit breakers that closed after a successful trial (retry successes).",
         breaker_reopens: "Trial deliveries that failed and reopened a breaker (retry failures).",
+        streams_started: "Streams opened by their first arriving part.",
+        streams_completed: "Streams whose last part was acknowledged.",
+        streams_aborted_timeout: "Streams aborted because no part arrived for the stream timeout.",
+        streams_aborted_expired: "Streams aborted because their TTL passed before the last part was delivered.",
+        streams_aborted_overflow: "Streams aborted because the mailbox could not keep them.",
+        streams_aborted_memory_budget: "Streams aborted because the memory budget refused a part.",
+        streams_aborted_producer: "Streams aborted by their producer.",
+        streams_resumed: "Streams in the middle of delivery when a new session attached.",
     }
 }
 
@@ -103,6 +111,7 @@ metric_set! {
         held_bytes: "Payload bytes held, queued and in flight.",
         breakers_open: "Sessions whose circuit breaker is open.",
         breakers_half_open: "Sessions whose circuit breaker is waiting on a trial.",
+        streams_open: "Streams open (started, not yet completed or aborted).",
     }
 }
 
@@ -511,6 +520,35 @@ impl MetricsSnapshot {
                 ("{result=\"failure\"}", c.breaker_reopens),
             ],
         );
+        counter(
+            "streams_started_total",
+            h("streams_started"),
+            &[("", c.streams_started)],
+        );
+        counter(
+            "streams_completed_total",
+            h("streams_completed"),
+            &[("", c.streams_completed)],
+        );
+        counter(
+            "streams_aborted_total",
+            "Streams aborted, by reason.",
+            &[
+                ("{reason=\"timeout\"}", c.streams_aborted_timeout),
+                ("{reason=\"expired\"}", c.streams_aborted_expired),
+                ("{reason=\"overflow\"}", c.streams_aborted_overflow),
+                (
+                    "{reason=\"memory_budget\"}",
+                    c.streams_aborted_memory_budget,
+                ),
+                ("{reason=\"producer\"}", c.streams_aborted_producer),
+            ],
+        );
+        counter(
+            "streams_resumed_total",
+            h("streams_resumed"),
+            &[("", c.streams_resumed)],
+        );
 
         let g = &self.gauges;
         let mut gauge = |name: &str, help: &str, rows: &[(&str, u64)]| {
@@ -541,6 +579,7 @@ impl MetricsSnapshot {
             "The deepest backlog any one user has had since the engine started.",
             &[("", g.max_queue_depth)],
         );
+        gauge("streams_open", "Streams open.", &[("", g.streams_open)]);
         gauge(
             "in_flight_messages",
             "Delivery-window slots in use.",

@@ -25,6 +25,7 @@ use crate::ring::signal::{Drain, SignalList};
 use crate::ring::Full;
 use crate::session::{ConnectInfo, ResumePoint, SessionShared};
 use crate::shutdown::{ShutdownOptions, ShutdownReport};
+use crate::stream::StreamStatus;
 
 pub(crate) enum Command {
     Send {
@@ -51,6 +52,17 @@ pub(crate) enum Command {
     Inspect {
         user: UserId,
         reply: oneshot::Sender<Option<MailboxStats>>,
+    },
+    AbortStream {
+        user: UserId,
+        stream: std::sync::Arc<str>,
+        reason: std::sync::Arc<str>,
+        reply: oneshot::Sender<bool>,
+    },
+    StreamStatus {
+        user: UserId,
+        stream: Box<str>,
+        reply: oneshot::Sender<Option<StreamStatus>>,
     },
 }
 

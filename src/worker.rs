@@ -19,13 +19,14 @@ use crate::config::{Config, UserLimits};
 use crate::dedup::DedupWindow;
 use crate::error::{ConnectError, SetLimitsError};
 use crate::loom::Arc;
-use crate::mailbox::{Ctx, Dropped, Live, Loss, Mailbox, Retention, Timer, WakeList};
+use crate::mailbox::{Ctx, Dropped, Live, Mailbox, Retention, Timer, WakeList};
 use crate::message::{Message, Prehashed, RejectReason, SendOutcome, UserId};
 use crate::metrics::ShardRecorder;
 use crate::ring::mpsc;
 use crate::session::{Epoch, SessionShared, END_SHUTDOWN};
 use crate::shard::{Command, ConnectRequest, ShardShared};
 use crate::shutdown::{ShutdownOptions, ShutdownReport};
+use crate::stream::{AbortReason, StreamLimits};
 use crate::wheel::Wheel;
 
 /// Commands a worker takes from its inbox before it looks at timers and signals again.
@@ -150,6 +151,7 @@ pub(crate) struct Worker {
     dedup: DedupWindow,
     budget: BudgetView,
     wake: WakeList,
+    stream_limits: StreamLimits,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -183,6 +185,11 @@ impl Worker {
             config.dedup_max_entries,
         );
         let clock = config.clock.clone();
+        let stream_limits = StreamLimits {
+            timeout_ms: ms(config.stream_timeout),
+            max_per_user: config.max_streams_per_user,
+            reorder_window: config.stream_reorder_window,
+        };
         Self {
             shard,
             inbox,
@@ -201,6 +208,7 @@ impl Worker {
             dedup,
             budget,
             wake: WakeList::new(),
+            stream_limits,
             config,
         }
     }
@@ -408,6 +416,16 @@ impl Worker {
                         m.fill_window(cx);
                     });
                 }
+                Timer::Stream {
+                    mailbox: slot,
+                    stream,
+                } => {
+                    self.with_mailbox(slot, |m, cx, r| {
+                        m.stream_timer_fired(stream, cx);
+                        m.schedule_removal(r, cx);
+                        m.fill_window(cx);
+                    });
+                }
                 Timer::Trial { mailbox: slot } => {
                     self.with_mailbox(slot, |m, cx, _| m.fill_window(cx));
                 }
@@ -444,6 +462,7 @@ impl Worker {
             slot,
             window: self.config.window,
             missed_ids: self.config.missed_ids,
+            streams: self.stream_limits,
         };
         let before = mailbox.held_bytes();
         let result = f(mailbox, &mut cx, &self.retention);
@@ -494,6 +513,33 @@ impl Worker {
             Command::Shutdown { options, reply } => self.begin_shutdown(options, reply),
             #[cfg(all(test, not(loom)))]
             Command::Panic => panic!("a bug in a shard worker (test)"),
+            Command::AbortStream {
+                user,
+                stream,
+                reason,
+                reply,
+            } => {
+                let aborted = self.mailboxes.slot_of(&user).and_then(|slot| {
+                    self.with_mailbox(slot, |m, cx, r| {
+                        let open = m.abort_stream(stream, AbortReason::Producer(reason), cx);
+                        m.schedule_removal(r, cx);
+                        open
+                    })
+                });
+                let _ = reply.send(aborted.unwrap_or(false));
+            }
+            Command::StreamStatus {
+                user,
+                stream,
+                reply,
+            } => {
+                let status = self
+                    .mailboxes
+                    .slot_of(&user)
+                    .and_then(|slot| self.mailboxes.at(slot))
+                    .and_then(|m| m.stream_status(&stream));
+                let _ = reply.send(status);
+            }
             Command::Inspect { user, reply } => {
                 let stats = self
                     .mailboxes
@@ -549,7 +595,7 @@ impl Worker {
             // to note losses would make it worse.
             match self.mailboxes.slot_of(user) {
                 Some(slot) => {
-                    self.with_mailbox(slot, |m, cx, _| m.record_loss(Loss::Shed, message.id(), cx));
+                    self.with_mailbox(slot, |m, cx, _| m.shed_part_or_message(&message, cx));
                 }
                 None => self.rec.counters.shed += 1,
             }

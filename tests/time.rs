@@ -9,21 +9,12 @@ use tether::{
 };
 
 mod common;
-use common::user;
+use common::{advance, user};
 
 fn engine_with(clock: &Clock, f: impl FnOnce(EngineBuilder) -> EngineBuilder) -> Engine {
     f(Engine::builder().shards(1).clock(clock.clone()))
         .build()
         .unwrap()
-}
-
-/// Lets everything issued so far take effect at the current time, then moves the clock and
-/// lets the shards act on the new time. (`send` returns once the command is queued, so
-/// without the first barrier a send could be processed after the clock moved.)
-async fn advance(engine: &Engine, clock: &Clock, ms: u64) {
-    engine.barrier().await;
-    clock.advance(Duration::from_millis(ms));
-    engine.barrier().await;
 }
 
 fn drain(s: &mut Session) -> Vec<(u64, String)> {

@@ -3,10 +3,19 @@
 
 use std::time::Duration;
 
-use tether::{Delivery, Engine, Session, UserId};
+use tether::{Clock, Delivery, Engine, Session, UserId};
 
 /// How long a test waits for something that must happen before it fails instead of hanging.
 pub const GUARD: Duration = Duration::from_secs(30);
+
+/// Lets everything issued so far take effect at the current time, then moves the clock and
+/// lets the shards act on the new time. (`send` returns once the command is queued, so
+/// without the first barrier a send could be processed after the clock moved.)
+pub async fn advance(engine: &Engine, clock: &Clock, ms: u64) {
+    engine.barrier().await;
+    clock.advance(Duration::from_millis(ms));
+    engine.barrier().await;
+}
 
 pub fn user(name: &str) -> UserId {
     UserId::new(name).unwrap()
