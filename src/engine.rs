@@ -212,6 +212,43 @@ impl Engine {
         })
     }
 
+    /// [`try_send`](Self::try_send) with the outcome to come: never waits for inbox space (a
+    /// full inbox hands the message back as [`TrySendError::Full`], which a front end can turn
+    /// into "try later"), and returns a future of the outcome once the shard decided it.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::{Engine, Message, SendOutcome, UserId};
+    ///
+    /// let engine = Engine::builder().build().unwrap();
+    /// let ida = UserId::new("ida").unwrap();
+    /// let pending = engine.try_send_confirmed(&ida, Message::new("hi")).unwrap();
+    /// assert_eq!(pending.await.unwrap(), SendOutcome::Queued { evicted: 0 });
+    /// # });
+    /// ```
+    pub fn try_send_confirmed(
+        &self,
+        user: &UserId,
+        message: Message,
+    ) -> Result<PendingOutcome, TrySendError> {
+        if self.is_closing() {
+            return Err(TrySendError::ShuttingDown(message));
+        }
+        if let Err(error) = self.check(user, &message) {
+            return Err(TrySendError::Invalid { error, message });
+        }
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Send {
+            user: user.clone(),
+            message,
+            reply: Some(tx),
+        };
+        self.shard(user).push(cmd).map_err(|Full(cmd)| {
+            TrySendError::Full(cmd.into_message().expect("a Send comes back as a Send"))
+        })?;
+        Ok(PendingOutcome(rx))
+    }
+
     /// Sends, waiting while the shard's inbox is full, without confirmation.
     pub async fn send(&self, user: &UserId, message: Message) -> Result<(), SendError> {
         self.submit_send(user, message, None).await
@@ -520,6 +557,24 @@ impl Engine {
             .await
             .map_err(|_| SetLimitsError::ShuttingDown)?;
         rx.await.map_err(|_| SetLimitsError::ShuttingDown)?
+    }
+}
+
+/// The outcome of a send accepted by [`Engine::try_send_confirmed`], once its shard decided
+/// it. Fails with [`SendError::Unconfirmed`] only if the shard stopped without deciding.
+#[derive(Debug)]
+pub struct PendingOutcome(oneshot::Receiver<SendOutcome>);
+
+impl Future for PendingOutcome {
+    type Output = Result<SendOutcome, SendError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|_| SendError::Unconfirmed))
     }
 }
 

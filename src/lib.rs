@@ -56,6 +56,8 @@ mod message;
 mod metrics;
 mod park;
 pub mod ring;
+#[cfg(feature = "server")]
+pub mod server;
 mod session;
 mod shard;
 mod shutdown;
@@ -71,7 +73,7 @@ pub use backoff::Backoff;
 pub use clock::Clock;
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use dedup::DedupMode;
-pub use engine::Engine;
+pub use engine::{Engine, PendingOutcome};
 pub use error::{
     AbortStreamError, AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError,
     TrySendError,

@@ -4,7 +4,11 @@
 //! in `fuzz/corpus/` and fixed-seed random inputs also run under `cargo test`.
 
 mod engine;
+#[cfg(feature = "server")]
+mod protocol;
 mod wheel;
 
 pub use engine::{describe, engine_ops};
+#[cfg(feature = "server")]
+pub use protocol::client_frame;
 pub use wheel::wheel_ops;

@@ -1,0 +1,432 @@
+//! HTTP on the server's port: the publish API, metrics, stats, health, and the WebSocket
+//! upgrade of `/ws` (and `/echo` when enabled).
+//!
+//! A connection is served by hyper; when a request upgrades, the 101 goes out, hyper hands
+//! the socket back, and the same task runs the WebSocket session, so the server's task set
+//! (and its graceful shutdown) covers sessions too.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::protocol::{self, FrameError, PublishRequest};
+use super::{ws, Shared};
+use crate::{InvalidInput, SendOutcome, TrySendError};
+
+type Body = Full<Bytes>;
+
+/// Which WebSocket service an upgrade is for.
+#[derive(Clone, Copy)]
+pub(crate) enum Upgrade {
+    Session,
+    Echo,
+}
+
+/// How long a client told to try later should wait.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Serves one TCP connection: HTTP requests until it closes, or a WebSocket after an upgrade.
+pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let upgrade: Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade)>>> = Arc::default();
+    let service = {
+        let (shared, upgrade) = (shared.clone(), upgrade.clone());
+        hyper::service::service_fn(move |req| {
+            let (shared, upgrade) = (shared.clone(), upgrade.clone());
+            async move { Ok::<_, Infallible>(route(req, &shared, &upgrade).await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(shared.config.max_body_bytes.max(16 * 1024) + 8 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.stopped() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "http connection ended");
+    }
+    let pending = upgrade.lock().ok().and_then(|mut u| u.take());
+    if let Some((on_upgrade, kind)) = pending {
+        match on_upgrade.await {
+            Ok(upgraded) => ws::serve(TokioIo::new(upgraded), peer, kind, shared).await,
+            Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
+        }
+    }
+}
+
+async fn route(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    upgrade: &Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade)>>,
+) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => websocket(req, shared, upgrade, Upgrade::Session),
+        (&Method::GET, "/echo") if shared.config.echo_route => {
+            websocket(req, shared, upgrade, Upgrade::Echo)
+        }
+        (&Method::POST, "/api/publish") => publish(req, shared, false).await,
+        (&Method::POST, "/api/publish_batch") => publish(req, shared, true).await,
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics_text(shared),
+        ),
+        (&Method::GET, "/api/stats") => json(StatusCode::OK, stats_json(shared)),
+        (&Method::GET, "/healthz") if shared.is_stopping() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n")
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
+        (
+            _,
+            "/ws" | "/api/publish" | "/api/publish_batch" | "/metrics" | "/api/stats" | "/healthz",
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "wrong method for this route",
+        ),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    text(status, "application/json", body)
+}
+
+/// `{"error":{"code":..,"message":..}}` with `status`.
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    json(status, body.to_string())
+}
+
+fn try_later(message: &str) -> Response<Body> {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "try_later", message);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(RETRY_AFTER.as_secs()),
+    );
+    r
+}
+
+fn frame_error(e: &FrameError) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, e.code(), &e.to_string())
+}
+
+/// Validates a WebSocket upgrade request and answers 101, leaving the socket to the
+/// connection task.
+fn websocket(
+    mut req: Request<Incoming>,
+    shared: &Shared,
+    upgrade: &Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade)>>,
+    kind: Upgrade,
+) -> Response<Body> {
+    if shared.is_stopping() {
+        return try_later("the server is shutting down");
+    }
+    let headers = req.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+        return error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this route speaks WebSocket",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_websocket_version",
+            "Sec-WebSocket-Version must be 13",
+        );
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing_websocket_key",
+            "Sec-WebSocket-Key is required",
+        );
+    };
+    let allowed = &shared.config.allowed_origins;
+    if !allowed.is_empty() {
+        // Browsers always send Origin; other clients may not, and are not what the check is for.
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let ok = origin
+                .to_str()
+                .is_ok_and(|o| allowed.iter().any(|a| a == o));
+            if !ok {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "origin_not_allowed",
+                    "this Origin is not allowed",
+                );
+            }
+        }
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    if let Ok(mut slot) = upgrade.lock() {
+        *slot = Some((on_upgrade, kind));
+    }
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// Reads a body of at most `max_body_bytes` as UTF-8, or answers the error.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<String, Response<Body>> {
+    let too_big = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("the body is larger than the limit of {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_big());
+    }
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_big()),
+        Err(_) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "the request body could not be read",
+            ))
+        }
+    };
+    String::from_utf8(body.into()).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+            "the body is not UTF-8",
+        )
+    })
+}
+
+/// What became of one publish request.
+enum Published {
+    Outcome(SendOutcome),
+    Invalid(FrameError),
+    BadInput(InvalidInput),
+    TryLater,
+    Stopping,
+}
+
+async fn publish_one(shared: &Shared, request: PublishRequest) -> Published {
+    let (user, message) = match request.into_message() {
+        Ok(m) => m,
+        Err(e) => return Published::Invalid(e),
+    };
+    match shared.engine.try_send_confirmed(&user, message) {
+        Ok(pending) => match pending.await {
+            Ok(outcome) => Published::Outcome(outcome),
+            Err(_) => Published::Stopping,
+        },
+        Err(TrySendError::Full(_)) => Published::TryLater,
+        Err(TrySendError::ShuttingDown(_)) => Published::Stopping,
+        Err(TrySendError::Invalid { error, .. }) => Published::BadInput(error),
+    }
+}
+
+async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Response<Body> {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !shared.api_key.check(auth) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <api key>` is required",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    if shared.is_stopping() {
+        return try_later("the server is shutting down");
+    }
+    let body = match read_body(req, shared.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !batch {
+        let request = match protocol::decode_publish_request(&body) {
+            Ok(r) => r,
+            Err(e) => return frame_error(&e),
+        };
+        return match publish_one(shared, request).await {
+            Published::Outcome(o) => json(StatusCode::OK, protocol::encode_publish_outcome(&o)),
+            Published::Invalid(e) => frame_error(&e),
+            Published::BadInput(e @ InvalidInput::PayloadTooLarge { .. }) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &e.to_string(),
+            ),
+            Published::BadInput(e) => {
+                error(StatusCode::BAD_REQUEST, "invalid_input", &e.to_string())
+            }
+            Published::TryLater => try_later("the engine is overloaded"),
+            Published::Stopping => try_later("the server is shutting down"),
+        };
+    }
+    let requests = match protocol::decode_publish_batch(&body) {
+        Ok(r) => r,
+        Err(e) => return frame_error(&e),
+    };
+    let mut out = String::with_capacity(16 + requests.len() * 48);
+    out.push_str("{\"results\":[");
+    for (i, request) in requests.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let item = match request {
+            Err(e) => item_error(e.code(), &e.to_string()),
+            Ok(r) => match publish_one(shared, r).await {
+                Published::Outcome(o) => protocol::encode_publish_outcome(&o),
+                Published::Invalid(e) => item_error(e.code(), &e.to_string()),
+                Published::BadInput(e) => item_error("invalid_input", &e.to_string()),
+                Published::TryLater => item_error("try_later", "the engine is overloaded"),
+                Published::Stopping => item_error("try_later", "the server is shutting down"),
+            },
+        };
+        out.push_str(&item);
+    }
+    out.push_str("]}");
+    json(StatusCode::OK, out)
+}
+
+fn item_error(code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+/// The engine's Prometheus text plus the front end's own series.
+fn metrics_text(shared: &Shared) -> String {
+    let mut out = shared.engine.metrics().to_prometheus();
+    for (name, help, kind, value) in front_series(shared) {
+        out.push_str(&format!(
+            "# HELP tether_{name} {help}\n# TYPE tether_{name} {kind}\ntether_{name} {value}\n"
+        ));
+    }
+    out
+}
+
+fn stats_json(shared: &Shared) -> String {
+    let engine: serde_json::Value =
+        serde_json::from_str(&shared.engine.metrics().to_json()).unwrap_or_default();
+    let front: serde_json::Map<String, serde_json::Value> = front_series(shared)
+        .into_iter()
+        .map(|(name, _, _, v)| (name.to_owned(), v.into()))
+        .collect();
+    serde_json::json!({"engine": engine, "server": front}).to_string()
+}
+
+fn front_series(shared: &Shared) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    let s = &shared.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    vec![
+        (
+            "ws_connections",
+            "WebSocket connections open.",
+            "gauge",
+            shared.connections.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "ws_connections_total",
+            "WebSocket connections accepted.",
+            "counter",
+            get(&s.connections_total),
+        ),
+        (
+            "ws_refused_overload_total",
+            "WebSocket connections closed with 4100 (max_connections or engine full).",
+            "counter",
+            get(&s.refused_overload),
+        ),
+        (
+            "ws_unauthorized_total",
+            "WebSocket connections closed with 4001.",
+            "counter",
+            get(&s.unauthorized),
+        ),
+        (
+            "ws_protocol_violations_total",
+            "WebSocket connections closed with 4003 or 1009.",
+            "counter",
+            get(&s.protocol_errors),
+        ),
+        (
+            "ws_bad_frames_total",
+            "Client frames answered with an error frame.",
+            "counter",
+            get(&s.bad_frames),
+        ),
+        (
+            "ws_rate_limited_total",
+            "Client publishes refused by the per-connection rate.",
+            "counter",
+            get(&s.rate_limited),
+        ),
+        (
+            "ws_write_timeouts_total",
+            "Writes that did not finish within write_timeout (reported to the breaker).",
+            "counter",
+            get(&s.write_timeouts),
+        ),
+        (
+            "ws_frames_out_total",
+            "Frames written to WebSocket clients.",
+            "counter",
+            get(&s.frames_out),
+        ),
+        (
+            "ws_frames_in_total",
+            "Text frames read from WebSocket clients.",
+            "counter",
+            get(&s.frames_in),
+        ),
+    ]
+}

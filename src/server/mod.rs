@@ -1,0 +1,275 @@
+//! The `tether` server: the engine behind a WebSocket front end (wire protocol v1, see
+//! `docs/protocol.md`) and an HTTP publish API, on one port.
+//!
+//! One tokio task accepts connections; hyper serves each one (HTTP/1.1) and hands `/ws`
+//! upgrades to [`ws`], which runs one task per WebSocket session: it authenticates the
+//! `connect` frame, attaches an engine [`Session`](crate::Session), writes deliveries in
+//! batches with one flush per batch, and feeds write outcomes to the session's circuit
+//! breaker. Everything that decides what a user receives stays in the engine.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use tether::server::{config::ServerConfig, Server};
+//!
+//! let config = ServerConfig::parse_from(
+//!     ["serve", "--listen", "127.0.0.1:0",
+//!      "--jwt-secret", "an example secret of at least 32 bytes",
+//!      "--api-key", "an example api key"],
+//!     [("", ""); 0],
+//! ).unwrap();
+//! let server = Server::start(config).await.unwrap();
+//! assert!(server.local_addr().ip().is_loopback());
+//! let report = server.shutdown().await;
+//! assert_eq!(report.sessions_closed, 0);
+//! # });
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+mod http;
+pub mod protocol;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::{Engine, ShutdownOptions, ShutdownReport};
+use auth::{ApiKey, JwtVerifier};
+use config::ServerConfig;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A setting is invalid or a credential is missing.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The engine refused its settings.
+    #[error("engine settings: {0}")]
+    Engine(#[from] crate::ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Installing the signal handlers failed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) engine: Engine,
+    pub(crate) config: ServerConfig,
+    pub(crate) verifier: JwtVerifier,
+    pub(crate) api_key: ApiKey,
+    /// WebSocket connections open now (counted against `max_connections`).
+    pub(crate) connections: AtomicUsize,
+    pub(crate) stats: FrontStats,
+    /// Becomes true when the server starts shutting down.
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+/// Front-end counters, exported beside the engine's metrics.
+#[derive(Default)]
+pub(crate) struct FrontStats {
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) refused_overload: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) bad_frames: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) write_timeouts: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+}
+
+impl FrontStats {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once the server starts shutting down.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            // The guard `wait_for` returns is not Send; drop it here, not in a select arm.
+            let _ = stopping.wait_for(|s| *s).await.map(drop);
+        }
+    }
+}
+
+/// A running server. Dropping it without [`shutdown`](Self::shutdown) stops accepting and
+/// leaves the engine to be dropped with the last connection.
+pub struct Server {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    acceptor: tokio::task::JoinHandle<JoinSet<()>>,
+}
+
+impl Server {
+    /// Validates `config`, builds the engine, binds `config.listen` and starts serving in
+    /// background tasks on the current tokio runtime. Credentials must be set (see
+    /// [`ServerConfig::ensure_credentials`] for development mode).
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        config.validate()?;
+        let verifier = config.jwt_verifier()?;
+        let api_key = config.api_key_checker()?;
+        // A message's payload must fit what a client can publish and, once wrapped in a
+        // delivery frame, the connection's write buffer.
+        let engine = config
+            .engine_builder()
+            .max_payload_bytes(config.max_frame_bytes.max(config.max_body_bytes))
+            .build()?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (stop, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            engine,
+            config,
+            verifier,
+            api_key,
+            connections: AtomicUsize::new(0),
+            stats: FrontStats::default(),
+            stopping,
+        });
+        let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
+        tracing::info!(%addr, "tether listening");
+        Ok(Server {
+            shared,
+            addr,
+            stop,
+            acceptor,
+        })
+    }
+
+    /// The address the server listens on (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The engine behind the server, to send to users or read metrics in-process.
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// WebSocket connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Shuts down gracefully: stops accepting, shuts the engine down (pending messages are
+    /// flushed to connected sessions until `shutdown_timeout`, then kept in the report), closes
+    /// every WebSocket with 1001, and waits for the connections to finish, at most
+    /// `shutdown_timeout` in all. Returns the engine's report.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let deadline = self.shared.config.shutdown_timeout;
+        let started = Instant::now();
+        let _ = self.stop.send(true);
+        let options = ShutdownOptions::default().flush_for(deadline / 2);
+        let report = self.shared.engine.shutdown(options).await;
+        let mut connections = match self.acceptor.await {
+            Ok(set) => set,
+            Err(_) => JoinSet::new(),
+        };
+        let left = deadline.saturating_sub(started.elapsed());
+        let drained = tokio::time::timeout(left, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                still_open = connections.len(),
+                "connections still open at the shutdown deadline; aborting them"
+            );
+            connections.abort_all();
+        }
+        tracing::info!(
+            flushed = report.flushed,
+            kept = report.kept,
+            dropped = report.dropped,
+            sessions_closed = report.sessions_closed,
+            took_ms = started.elapsed().as_millis() as u64,
+            "tether stopped"
+        );
+        report
+    }
+}
+
+/// Accepts connections until the server stops; returns the connection tasks still running.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    let stopped = shared.stopped();
+    tokio::pin!(stopped);
+    loop {
+        // Reap finished connection tasks so the set does not grow with every connection.
+        while tasks.try_join_next().is_some() {}
+        tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tasks.spawn(http::serve_connection(stream, peer, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tasks
+}
+
+/// Runs the server with `config` until SIGINT or SIGTERM, then shuts down gracefully within
+/// `shutdown_timeout` and returns `Ok(())`.
+pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let server = Server::start(config).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> Result<(), ServerError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map_err(ServerError::Signals),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> Result<(), ServerError> {
+    tokio::signal::ctrl_c().await.map_err(ServerError::Signals)
+}

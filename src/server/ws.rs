@@ -1,0 +1,507 @@
+//! One WebSocket session: authenticate the `connect` frame, attach an engine session, then
+//! move deliveries out and acks, publishes and pings in until either side ends it.
+//!
+//! Writes go through one ordered queue of encoded frames. A frame leaves the queue only once
+//! the socket accepted it, and the queue is pushed out under `write_timeout`: a timeout
+//! leaves the frames queued, in order, and counts as a delivery failure for the session's
+//! circuit breaker; while frames wait, no new delivery is taken from the engine, so a reader
+//! that stops reading fills its delivery window and the rest waits in its mailbox. A write
+//! *error* ends the connection: a frame that might not have gone out must never be followed by
+//! later ones, or a cumulative ack would settle it unread.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
+use tokio_tungstenite::WebSocketStream;
+
+use super::http::Upgrade;
+use super::protocol::{self as wire, ClientFrame};
+use super::{FrontStats, Shared};
+use crate::{CloseReason, ConnectError, EndReason, Session, TrySendError};
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Deliveries taken from the engine in one go, written with one flush.
+const BATCH: usize = 64;
+
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs a WebSocket on an upgraded connection until it ends.
+pub(crate) async fn serve(
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    peer: SocketAddr,
+    kind: Upgrade,
+    shared: Arc<Shared>,
+) {
+    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&shared))).await;
+    match kind {
+        Upgrade::Echo => echo(socket).await,
+        Upgrade::Session => {
+            let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+            FrontStats::bump(&shared.stats.connections_total);
+            let mut conn = Connection::new(socket, &shared);
+            if open > shared.config.max_connections {
+                FrontStats::bump(&shared.stats.refused_overload);
+                conn.close(CloseCode::Library(wire::CLOSE_TRY_LATER), &try_later())
+                    .await;
+            } else {
+                conn.run(peer).await;
+            }
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// tungstenite's buffers, set down from its 128 KiB defaults to the configured size: with
+/// many idle connections these buffers are most of a connection's memory.
+fn ws_config(shared: &Shared) -> WebSocketConfig {
+    let c = &shared.config;
+    // tungstenite refuses (with an error, which ends the connection) a frame that would take
+    // the buffer past its maximum, so the maximum must hold the largest delivery frame: the
+    // largest payload plus its envelope: fixed fields, and a message id and a stream id of the
+    // engine's maximum length, each character escaped as `\u00XX` at worst.
+    let engine = shared.engine.config();
+    let largest_frame = engine.max_payload_bytes() + 2 * 6 * engine.max_message_id_len + 512;
+    WebSocketConfig::default()
+        .read_buffer_size(c.write_buffer_bytes)
+        .write_buffer_size(c.write_buffer_bytes)
+        .max_write_buffer_size(c.write_buffer_bytes + largest_frame)
+        .max_frame_size(Some(c.max_frame_bytes))
+        .max_message_size(Some(c.max_frame_bytes))
+}
+
+fn try_later() -> String {
+    wire::try_later_reason(Duration::from_secs(1))
+}
+
+/// Echoes text and binary messages (for WebSocket conformance suites such as Autobahn).
+async fn echo(mut socket: Socket) {
+    while let Some(Ok(frame)) = socket.next().await {
+        let reply = match frame {
+            Frame::Text(_) | Frame::Binary(_) => frame,
+            Frame::Close(_) => break,
+            _ => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A per-connection token bucket for client publishes.
+struct RateLimit {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            per_sec: f64::from(per_sec),
+            at: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How a session loop ended.
+enum Ending {
+    /// The client closed cleanly.
+    ClientClosed,
+    /// The connection broke (I/O error, idle timeout, EOF).
+    Broken,
+    /// The server closes with this code and reason.
+    Close(u16, String),
+}
+
+struct Connection<'a> {
+    sink: SplitSink<Socket, Frame>,
+    stream: SplitStream<Socket>,
+    /// Frames accepted for writing and not yet handed to the socket, in order.
+    out: VecDeque<Frame>,
+    shared: &'a Shared,
+    last_inbound: Instant,
+}
+
+impl<'a> Connection<'a> {
+    fn new(socket: Socket, shared: &'a Shared) -> Self {
+        let (sink, stream) = socket.split();
+        Self {
+            sink,
+            stream,
+            out: VecDeque::new(),
+            shared,
+            last_inbound: Instant::now(),
+        }
+    }
+
+    async fn run(&mut self, peer: SocketAddr) {
+        let Some(mut session) = self.handshake().await else {
+            return;
+        };
+        let user = session.user().clone();
+        tracing::debug!(%peer, %user, "session connected");
+        let ending = self.serve(&mut session).await;
+        // Frames still queued (deliveries before a replace or a shutdown) go out first.
+        let limit = self.shared.config.write_timeout;
+        let _ = tokio::time::timeout(
+            limit,
+            pump(&mut self.sink, &mut self.out, &self.shared.stats),
+        )
+        .await;
+        match ending {
+            Ending::ClientClosed => session.close(CloseReason::Normal),
+            Ending::Broken => session.close(CloseReason::Abnormal),
+            Ending::Close(code, reason) => {
+                session.close(CloseReason::Abnormal);
+                self.close(CloseCode::from(code), &reason).await;
+            }
+        }
+        tracing::debug!(%peer, %user, "session ended");
+    }
+
+    /// Waits for the `connect` frame, authenticates it and attaches the session.
+    async fn handshake(&mut self) -> Option<Session> {
+        let c = &self.shared.config;
+        let first = tokio::time::timeout(c.connect_timeout, self.next_text()).await;
+        let text = match first {
+            Err(_) => {
+                FrontStats::bump(&self.shared.stats.unauthorized);
+                let reason = format!("no connect frame within {:?}", c.connect_timeout);
+                self.close(CloseCode::Library(wire::CLOSE_UNAUTHORIZED), &reason)
+                    .await;
+                return None;
+            }
+            Ok(Err(ending)) => {
+                self.end_without_session(ending).await;
+                return None;
+            }
+            Ok(Ok(text)) => text,
+        };
+        let (token, resume) = match wire::decode_client_frame_shared(&text) {
+            Ok(ClientFrame::Connect { token, resume }) => (token, resume),
+            Ok(_) => {
+                self.violation("the first frame must be a connect frame")
+                    .await;
+                return None;
+            }
+            Err(e) => {
+                self.violation(&e.to_string()).await;
+                return None;
+            }
+        };
+        let claims = match self.shared.verifier.verify(&token, SystemTime::now()) {
+            Ok(claims) => claims,
+            Err(e) => {
+                FrontStats::bump(&self.shared.stats.unauthorized);
+                self.close(CloseCode::Library(wire::CLOSE_UNAUTHORIZED), &e.to_string())
+                    .await;
+                return None;
+            }
+        };
+        // A resume point that does not parse is a client that lost its state: connect
+        // fresh, which re-sends everything unacknowledged.
+        let resume = resume.and_then(|r| r.to_resume_point().ok());
+        match self.shared.engine.connect(&claims.user, resume).await {
+            Ok(session) => {
+                self.out.push_back(Frame::text(wire::encode_connected(
+                    session.user(),
+                    session.info(),
+                )));
+                Some(session)
+            }
+            Err(ConnectError::TooManyUsers) => {
+                FrontStats::bump(&self.shared.stats.refused_overload);
+                self.close(CloseCode::Library(wire::CLOSE_TRY_LATER), &try_later())
+                    .await;
+                None
+            }
+            Err(ConnectError::ShuttingDown) => {
+                self.close(CloseCode::Away, "server shutting down").await;
+                None
+            }
+            Err(e) => {
+                FrontStats::bump(&self.shared.stats.unauthorized);
+                self.close(CloseCode::Library(wire::CLOSE_UNAUTHORIZED), &e.to_string())
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// The next text frame, skipping control frames; how the connection ended otherwise.
+    async fn next_text(&mut self) -> Result<Bytes, Ending> {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(Frame::Text(t))) => return Ok(Bytes::from(t)),
+                Some(Ok(Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_))) => continue,
+                other => return Err(self.ending_of(other)),
+            }
+        }
+    }
+
+    /// What a non-text read means for the connection.
+    fn ending_of(&self, read: Option<Result<Frame, WsError>>) -> Ending {
+        match read {
+            Some(Ok(Frame::Close(_))) => Ending::ClientClosed,
+            Some(Ok(Frame::Binary(_))) => Ending::Close(
+                wire::CLOSE_PROTOCOL_VIOLATION,
+                "binary frames are not part of the protocol".into(),
+            ),
+            Some(Err(WsError::Capacity(e))) => Ending::Close(1009, e.to_string()),
+            Some(Err(WsError::Protocol(e))) => {
+                Ending::Close(wire::CLOSE_PROTOCOL_VIOLATION, e.to_string())
+            }
+            _ => Ending::Broken,
+        }
+    }
+
+    async fn end_without_session(&mut self, ending: Ending) {
+        if let Ending::Close(code, reason) = ending {
+            FrontStats::bump(&self.shared.stats.protocol_errors);
+            self.close(CloseCode::from(code), &reason).await;
+        }
+    }
+
+    async fn violation(&mut self, reason: &str) {
+        FrontStats::bump(&self.shared.stats.protocol_errors);
+        self.close(CloseCode::Library(wire::CLOSE_PROTOCOL_VIOLATION), reason)
+            .await;
+    }
+
+    /// Sends a close frame (reason cut to the 123 bytes a close frame allows) and lets the
+    /// peer's close arrive, within the write timeout.
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let mut cut = reason.len().min(123);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let frame = Frame::Close(Some(CloseFrame {
+            code,
+            reason: reason[..cut].to_owned().into(),
+        }));
+        let limit = self.shared.config.write_timeout.min(CLOSE_WAIT);
+        let _ = tokio::time::timeout(limit, async {
+            if self.sink.send(frame).await.is_ok() {
+                // Wait for the client's close so the close code reaches it before the TCP
+                // connection goes.
+                while let Some(Ok(f)) = self.stream.next().await {
+                    if matches!(f, Frame::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn serve(&mut self, session: &mut Session) -> Ending {
+        let c = &self.shared.config;
+        let mut ticker = tokio::time::interval(c.ping_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.reset();
+        let mut rate = RateLimit::new(c.publish_rate, c.publish_burst);
+        let stopped = self.shared.stopped();
+        tokio::pin!(stopped);
+        let mut batch = Vec::with_capacity(BATCH);
+        // Stop reading while the client does not take what we write: it would only queue
+        // more replies.
+        let max_out = self.shared.engine.config().window() + 64;
+        let mut failing = false;
+        loop {
+            let writing = !self.out.is_empty();
+            tokio::select! {
+                biased;
+                read = self.stream.next(), if self.out.len() < max_out => {
+                    self.last_inbound = Instant::now();
+                    match read {
+                        Some(Ok(Frame::Text(t))) => {
+                            if let Some(ending) = self.on_text(Bytes::from(t), session, &mut rate).await {
+                                return ending;
+                            }
+                        }
+                        Some(Ok(Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_))) => {}
+                        other => return self.ending_of(other),
+                    }
+                }
+                wrote = tokio::time::timeout(
+                    c.write_timeout,
+                    pump(&mut self.sink, &mut self.out, &self.shared.stats),
+                ), if writing => {
+                    match wrote {
+                        Ok(Ok(())) => {
+                            if failing {
+                                session.report_delivery_success();
+                                failing = false;
+                            }
+                        }
+                        Ok(Err(_)) => return Ending::Broken,
+                        Err(_) => {
+                            FrontStats::bump(&self.shared.stats.write_timeouts);
+                            session.report_delivery_failure();
+                            failing = true;
+                        }
+                    }
+                }
+                delivery = session.recv(), if !writing => match delivery {
+                    Some(d) => {
+                        batch.push(d);
+                        session.drain(&mut batch, BATCH - 1);
+                        for d in batch.drain(..) {
+                            self.out.push_back(Frame::text(wire::encode_delivery(&d)));
+                        }
+                    }
+                    None => {
+                        return match session.end_reason() {
+                            Some(EndReason::Replaced) => Ending::Close(
+                                wire::CLOSE_REPLACED,
+                                "replaced by a newer session of the same user".into(),
+                            ),
+                            _ => Ending::Close(wire::CLOSE_SHUTTING_DOWN, "server shutting down".into()),
+                        };
+                    }
+                },
+                _ = ticker.tick() => {
+                    if self.last_inbound.elapsed() >= c.idle_timeout {
+                        return Ending::Close(1001, "idle timeout".into());
+                    }
+                    self.out.push_back(Frame::Ping(Bytes::new()));
+                }
+                // The engine ends every session at shutdown; this only wakes the loop so a
+                // session blocked on a stuck write notices.
+                _ = &mut stopped, if !self.shared.is_stopping() => {}
+            }
+        }
+    }
+
+    /// Handles one client text frame; `Some` if it ends the connection.
+    async fn on_text(
+        &mut self,
+        text: Bytes,
+        session: &mut Session,
+        rate: &mut RateLimit,
+    ) -> Option<Ending> {
+        FrontStats::bump(&self.shared.stats.frames_in);
+        let frame = match wire::decode_client_frame_shared(&text) {
+            Ok(frame) => frame,
+            Err(e) if e.is_protocol_violation() => {
+                FrontStats::bump(&self.shared.stats.protocol_errors);
+                return Some(Ending::Close(wire::CLOSE_PROTOCOL_VIOLATION, e.to_string()));
+            }
+            Err(e) => {
+                self.reply_error_frame(wire::encode_frame_error(&e));
+                return None;
+            }
+        };
+        match frame {
+            ClientFrame::Ack { seq } => {
+                if let Err(e) = session.ack(seq) {
+                    self.reply_error_frame(wire::encode_error("invalid_ack", &e.to_string()));
+                }
+            }
+            ClientFrame::Ping => self.out.push_back(Frame::text(wire::encode_pong())),
+            ClientFrame::Connect { .. } => self.reply_error_frame(wire::encode_error(
+                "already_connected",
+                "this connection already has a session",
+            )),
+            ClientFrame::Publish(request) => {
+                let reply = if !self.shared.config.allow_client_publish {
+                    refused(&request, "publish_not_allowed")
+                } else if !rate.allow() {
+                    FrontStats::bump(&self.shared.stats.rate_limited);
+                    refused(&request, "rate_limited")
+                } else {
+                    self.publish(request).await
+                };
+                self.out.push_back(Frame::text(reply));
+            }
+        }
+        None
+    }
+
+    fn reply_error_frame(&mut self, frame: String) {
+        FrontStats::bump(&self.shared.stats.bad_frames);
+        self.out.push_back(Frame::text(frame));
+    }
+
+    /// Publishes for the client; every publish is answered with a `publish_result` carrying
+    /// its `ref`, including the ones the front end refuses.
+    async fn publish(&self, request: wire::PublishRequest) -> String {
+        let reference = request.reference.clone();
+        let (user, message) = match request.into_message() {
+            Ok(m) => m,
+            Err(e) => return wire::encode_frame_error(&e),
+        };
+        let reason = match self.shared.engine.try_send_confirmed(&user, message) {
+            Ok(pending) => match pending.await {
+                Ok(outcome) => return wire::encode_publish_result(reference.as_deref(), &outcome),
+                Err(_) => "shutting_down",
+            },
+            Err(TrySendError::Full(_)) => "try_later",
+            Err(TrySendError::ShuttingDown(_)) => "shutting_down",
+            Err(TrySendError::Invalid { error, .. }) => {
+                return wire::encode_error("invalid_input", &error.to_string())
+            }
+        };
+        rejected(reference.as_deref(), reason)
+    }
+}
+
+/// Hands every queued frame to the socket and flushes. Cancel-safe: a frame leaves the
+/// queue only once the socket took it, and what the socket took stays buffered in order.
+async fn pump(
+    sink: &mut SplitSink<Socket, Frame>,
+    out: &mut VecDeque<Frame>,
+    stats: &FrontStats,
+) -> Result<(), WsError> {
+    while !out.is_empty() {
+        poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
+        let frame = out.pop_front().expect("not empty");
+        sink.start_send_unpin(frame)?;
+        FrontStats::bump(&stats.frames_out);
+    }
+    sink.flush().await
+}
+
+/// A `publish_result` for a publish the front end refused before the engine saw it.
+fn refused(request: &wire::PublishRequest, reason: &str) -> String {
+    rejected(request.reference.as_deref(), reason)
+}
+
+fn rejected(reference: Option<&str>, reason: &str) -> String {
+    serde_json::json!({
+        "type": "publish_result",
+        "ref": reference,
+        "outcome": "rejected",
+        "reason": reason,
+    })
+    .to_string()
+}
