@@ -659,7 +659,11 @@ impl Mailbox {
             .streams
             .as_ref()
             .is_some_and(|s| s.slot_of(&id).is_some());
-        if open || self.stream_status(&id).is_none() {
+        if open
+            || self
+                .stream_status(&id, cx.now, cx.streams.timeout_ms)
+                .is_none()
+        {
             self.end_stream(id, reason, cx);
         }
         if open {
@@ -668,9 +672,16 @@ impl Mailbox {
         open
     }
 
-    /// What is known of stream `id`.
-    pub(crate) fn stream_status(&self, id: &str) -> Option<StreamStatus> {
-        self.streams.as_ref()?.status(id)
+    /// What is known of stream `id` at `now`: open, or finished less than `keep_ms` ago.
+    pub(crate) fn stream_status(
+        &mut self,
+        id: &str,
+        now: u64,
+        keep_ms: u64,
+    ) -> Option<StreamStatus> {
+        let streams = self.streams.as_mut()?;
+        streams.forget_finished(now, keep_ms);
+        streams.status(id)
     }
 
     /// The memory budget refused a message; if it is a stream part, its stream ends as a unit.

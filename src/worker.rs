@@ -533,11 +533,12 @@ impl Worker {
                 stream,
                 reply,
             } => {
+                let (now, keep_ms) = (self.now, self.stream_limits.timeout_ms);
                 let status = self
                     .mailboxes
                     .slot_of(&user)
                     .and_then(|slot| self.mailboxes.at(slot))
-                    .and_then(|m| m.stream_status(&stream));
+                    .and_then(|m| m.stream_status(&stream, now, keep_ms));
                 let _ = reply.send(status);
             }
             Command::Inspect { user, reply } => {

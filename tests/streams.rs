@@ -328,6 +328,11 @@ async fn a_stream_whose_missing_part_never_comes_is_aborted_by_timeout() {
     assert_eq!(engine.metrics().gauges.streams_open, 0);
     s.ack(marker.seq()).unwrap();
     assert_nothing_more(&engine, &mut s).await;
+    // How it ended is remembered for the stream timeout, then forgotten.
+    advance(&engine, &clock, 9_999).await;
+    assert!(engine.stream_status(&u, "answer").await.is_some());
+    advance(&engine, &clock, 1).await;
+    assert_eq!(engine.stream_status(&u, "answer").await, None);
 }
 
 #[tokio::test]

@@ -47,6 +47,10 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
+        // A client that opens a connection and never finishes its request headers is
+        // dropped after the time a WebSocket client has for its connect frame.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(shared.config.connect_timeout)
         .max_buf_size(shared.config.max_body_bytes.max(16 * 1024) + 8 * 1024)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
