@@ -56,7 +56,7 @@ mod message;
 mod metrics;
 mod park;
 pub mod ring;
-#[cfg(feature = "server")]
+#[cfg(all(feature = "server", not(loom)))]
 pub mod server;
 mod session;
 mod shard;
