@@ -334,7 +334,7 @@ impl Engine {
         session.mark_submitted();
         match reply_rx.await {
             Ok(Ok(info)) => {
-                session.set_info(info);
+                session.set_info(info, resume);
                 Ok(session)
             }
             Ok(Err(e)) => Err(e),

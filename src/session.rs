@@ -261,7 +261,14 @@ impl Session {
         self.submitted = true;
     }
 
-    pub(crate) fn set_info(&mut self, info: ConnectInfo) {
+    /// Records the connect's outcome. A resume point the engine accepted counts as received
+    /// and acknowledged, so acknowledging up to it again (a client repeating its last ack after
+    /// a reconnect) is a harmless no-op rather than an error.
+    pub(crate) fn set_info(&mut self, info: ConnectInfo, resume: Option<ResumePoint>) {
+        if let (true, Some(r)) = (info.recovered, resume) {
+            self.last_received = self.last_received.max(r.last_seq);
+            self.shared.acked.fetch_max(r.last_seq, Ordering::Relaxed);
+        }
         self.info = info;
     }
 

@@ -718,7 +718,13 @@ impl Model {
         }
         let b = self.users[user].mailbox.as_ref().expect("ensured");
         let redelivered = b.in_flight.len();
-        self.users[user].current = Some(ModelSession::new(b.in_flight.clone()));
+        let mut session = ModelSession::new(b.in_flight.clone());
+        if let (true, Some(r)) = (recovered, resume) {
+            // An accepted resume point counts as received and acknowledged.
+            session.last_received = r.last_seq;
+            session.acked = r.last_seq;
+        }
+        self.users[user].current = Some(session);
         self.fill(user);
         let b = self.users[user].mailbox.as_mut().expect("ensured");
         let info = ConnectInfo {

@@ -308,11 +308,13 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
             Published::BadInput(e @ InvalidInput::PayloadTooLarge { .. }) => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                &e.to_string(),
+                &protocol::describe_invalid_input(&e).1,
             ),
-            Published::BadInput(e) => {
-                error(StatusCode::BAD_REQUEST, "invalid_input", &e.to_string())
-            }
+            Published::BadInput(e) => error(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                &protocol::describe_invalid_input(&e).1,
+            ),
             Published::TryLater => try_later("the engine is overloaded"),
             Published::Stopping => try_later("the server is shutting down"),
         };
@@ -332,7 +334,9 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
             Ok(r) => match publish_one(shared, r).await {
                 Published::Outcome(o) => protocol::encode_publish_outcome(&o),
                 Published::Invalid(e) => item_error(e.code(), &e.to_string()),
-                Published::BadInput(e) => item_error("invalid_input", &e.to_string()),
+                Published::BadInput(e) => {
+                    item_error("invalid_field", &protocol::describe_invalid_input(&e).1)
+                }
                 Published::TryLater => item_error("try_later", "the engine is overloaded"),
                 Published::Stopping => item_error("try_later", "the server is shutting down"),
             },

@@ -2,7 +2,7 @@
 //! `docs/protocol.md`) and an HTTP publish API, on one port.
 //!
 //! One tokio task accepts connections; hyper serves each one (HTTP/1.1) and hands `/ws`
-//! upgrades to [`ws`], which runs one task per WebSocket session: it authenticates the
+//! upgrades to `ws`, which runs one task per WebSocket session: it authenticates the
 //! `connect` frame, attaches an engine [`Session`](crate::Session), writes deliveries in
 //! batches with one flush per batch, and feeds write outcomes to the session's circuit
 //! breaker. Everything that decides what a user receives stays in the engine.

@@ -1159,6 +1159,35 @@ pub fn encode_frame_error(err: &FrameError) -> String {
     write_error(err.code(), &err.to_string(), err.reference())
 }
 
+/// The wire field an engine-side input check refers to, and a message naming it: the engine
+/// checks lengths (user ids, ids, payloads) that the decoder cannot know.
+///
+/// ```
+/// use tether::InvalidInput;
+/// use tether::server::protocol::describe_invalid_input;
+///
+/// let (field, message) = describe_invalid_input(&InvalidInput::UserIdTooLong { len: 300, max: 256 });
+/// assert_eq!(field, "to");
+/// assert!(message.starts_with("field `to` is invalid"));
+/// ```
+pub fn describe_invalid_input(e: &crate::InvalidInput) -> (&'static str, String) {
+    use crate::InvalidInput as I;
+    let field = match e {
+        I::EmptyUserId | I::UserIdTooLong { .. } => "to",
+        I::EmptyMessageId | I::MessageIdTooLong { .. } => "id",
+        I::EmptyStreamId | I::StreamIdTooLong { .. } => "stream.id",
+        I::PayloadTooLarge { .. } => "data",
+        _ => "message",
+    };
+    (field, format!("field `{field}` is invalid: {e}"))
+}
+
+/// The `error` frame answering a publish the engine refused at its input checks, with the
+/// publish's `ref` so the client can tell which one.
+pub fn encode_invalid_input(e: &crate::InvalidInput, reference: Option<&str>) -> String {
+    write_error("invalid_field", &describe_invalid_input(e).1, reference)
+}
+
 fn write_error(code: &str, message: &str, reference: Option<&str>) -> String {
     let extra = reference.map_or(0, |r| r.len() + 8);
     let mut w = FrameWriter::with_capacity(48 + code.len() + message.len() + extra);

@@ -206,6 +206,7 @@ impl<'a> Connection<'a> {
             }
             Ok(Ok(text)) => text,
         };
+        FrontStats::bump(&self.shared.stats.frames_in);
         let (token, resume) = match wire::decode_client_frame_shared(&text) {
             Ok(ClientFrame::Connect { token, resume }) => (token, resume),
             Ok(_) => {
@@ -468,7 +469,7 @@ impl<'a> Connection<'a> {
             Err(TrySendError::Full(_)) => "try_later",
             Err(TrySendError::ShuttingDown(_)) => "shutting_down",
             Err(TrySendError::Invalid { error, .. }) => {
-                return wire::encode_error("invalid_input", &error.to_string())
+                return wire::encode_invalid_input(&error, reference.as_deref())
             }
         };
         rejected(reference.as_deref(), reason)
