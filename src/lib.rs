@@ -45,6 +45,8 @@
 mod backoff;
 pub mod breaker;
 mod budget;
+#[cfg(all(feature = "server", not(loom)))]
+pub mod client;
 mod clock;
 mod config;
 mod dedup;

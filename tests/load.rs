@@ -1,0 +1,161 @@
+//! The load generator against an in-process server on 127.0.0.1:0: every message checked,
+//! with random disconnects and resumes, through the library and through the binary.
+#![cfg(feature = "server")]
+
+use std::time::Duration;
+
+use tether::client::load::{self, LoadConfig, LoadError};
+use tether::server::config::ServerConfig;
+use tether::server::Server;
+
+const SECRET: &str = "load-tests-secret-0123456789abcdefgh";
+const API_KEY: &str = "load-tests-api-key";
+
+async fn start() -> Server {
+    start_with(&[]).await
+}
+
+async fn start_with(extra: &[&str]) -> Server {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+    ];
+    args.extend_from_slice(extra);
+    let config = ServerConfig::parse_from(args, [("", ""); 0]).expect("config");
+    Server::start(config).await.expect("server starts")
+}
+
+fn config(server: &Server) -> LoadConfig {
+    let mut c = LoadConfig::new(format!("ws://{}", server.local_addr()), API_KEY, SECRET);
+    c.clients = 4;
+    c.publishers = 2;
+    c.duration = Duration::from_secs(2);
+    c.drain = Duration::from_secs(10);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_arrives_once_through_random_disconnects() {
+    let server = start().await;
+    let mut c = config(&server);
+    c.disconnect_every = Some(Duration::from_millis(200));
+    c.payload_bytes = 256;
+    let mut ticks = 0;
+    let report = load::run(c, |_| ticks += 1).await.expect("the run");
+    println!("{}", report.summary());
+    assert!(report.delivered > 0, "{report:?}");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.duplicates, 0, "{report:?}");
+    assert_eq!(report.unexpected, 0, "{report:?}");
+    assert_eq!(report.delivered, report.published, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(report.reconnects > 0, "{report:?}");
+    assert!(report.is_clean());
+    assert!(ticks > 0, "progress was reported");
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
+    assert_eq!(json["lost"], 0);
+    assert!(json["latency"]["p99_us"].as_u64().is_some());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_a_message_cap() {
+    let server = start().await;
+    let mut c = config(&server);
+    c.batch = 16;
+    c.messages = Some(1000);
+    c.duration = Duration::from_secs(30);
+    let report = load::run(c, |_| {}).await.expect("the run");
+    assert_eq!(report.published, 1000, "{report:?}");
+    assert_eq!(report.delivered, 1000, "{report:?}");
+    assert!(report.is_clean(), "{report:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losses_to_the_overflow_policy_are_attributed_to_evictions() {
+    // Tiny caps: the publishers outrun the client, and DropOldest evicts queued messages.
+    let server = start_with(&["--window", "4", "--max-messages-per-user", "5"]).await;
+    let mut c = config(&server);
+    c.clients = 1;
+    c.batch = 32;
+    c.duration = Duration::from_millis(500);
+    let report = load::run(c, |_| {}).await.expect("the run");
+    assert!(report.lost <= report.evicted, "{report:?}");
+    assert_eq!(
+        report.delivered + report.lost,
+        report.published,
+        "{report:?}"
+    );
+    assert_eq!((report.duplicates, report.unexpected), (0, 0), "{report:?}");
+    assert!(report.is_clean(), "{report:?}");
+    // A second run on the same users ignores whatever the first left queued.
+    let mut c = config(&server);
+    c.clients = 1;
+    c.duration = Duration::from_millis(300);
+    c.messages = Some(3);
+    let report = load::run(c, |_| {}).await.expect("the run");
+    assert_eq!((report.delivered, report.lost), (3, 0), "{report:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_targets_and_wrong_keys_are_refused() {
+    // TEST-NET-1: refused before any connection is attempted.
+    let c = LoadConfig::new("ws://192.0.2.1:7700", API_KEY, SECRET);
+    assert!(matches!(
+        load::run(c, |_| {}).await,
+        Err(LoadError::Remote(_))
+    ));
+
+    let server = start().await;
+    let mut c = config(&server);
+    c.api_key = "not-the-api-key-at-all".into();
+    match load::run(c, |_| {}).await {
+        Err(LoadError::Publish { status, .. }) => assert_eq!(status, 401),
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_prints_a_json_summary() {
+    let server = start().await;
+    let url = format!("ws://{}", server.local_addr());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tether-load"))
+            .args(["--url", &url, "--api-key", API_KEY, "--jwt-secret", SECRET])
+            .args([
+                "--clients",
+                "2",
+                "--publishers",
+                "1",
+                "--duration",
+                "1s",
+                "--json",
+            ])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().expect("a JSON line");
+    let json: serde_json::Value = serde_json::from_str(last).expect("json");
+    assert_eq!(
+        (json["clients"].as_u64(), json["lost"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert!(json["delivered"].as_u64() > Some(0));
+    server.shutdown().await;
+}
