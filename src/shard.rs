@@ -64,6 +64,12 @@ pub(crate) enum Command {
         stream: Box<str>,
         reply: oneshot::Sender<Option<StreamStatus>>,
     },
+    /// Replies with the shard's `k` deepest backlogs: (user, queued messages, queued bytes),
+    /// deepest first.
+    Deepest {
+        k: usize,
+        reply: oneshot::Sender<Vec<(UserId, usize, usize)>>,
+    },
 }
 
 impl Command {

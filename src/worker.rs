@@ -100,6 +100,51 @@ impl Mailboxes {
         Some(mailbox)
     }
 
+    /// The `k` mailboxes with the most queued messages (more queued bytes first among equals),
+    /// deepest first, as (user, queued messages, queued bytes); empty backlogs are skipped.
+    /// One pass over the slab with a min-heap of at most `k` entries that names mailboxes by
+    /// slot, so only the `k` winners' ids are cloned: O(n log k) time, O(k) memory.
+    fn deepest(&self, k: usize) -> Vec<(UserId, usize, usize)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+
+        if k == 0 {
+            return Vec::new();
+        }
+        let mut heap: BinaryHeap<Reverse<(usize, usize, u32)>> = BinaryHeap::new();
+        for (slot, entry) in self.slots.iter().enumerate() {
+            let Some((_, m)) = entry else { continue };
+            let queued = m.queued_len();
+            if queued == 0 {
+                continue;
+            }
+            let full = heap.len() >= k;
+            if full
+                && heap
+                    .peek()
+                    .is_some_and(|Reverse((least, _, _))| queued < *least)
+            {
+                continue; // cannot make the cut: skip reading its bytes
+            }
+            // Slots are u32 by construction (see `get_or_create`).
+            let key = (queued, m.stats().queued_bytes, slot as u32);
+            if !full {
+                heap.push(Reverse(key));
+            } else if heap.peek().is_some_and(|Reverse(least)| key > *least) {
+                heap.pop();
+                heap.push(Reverse(key));
+            }
+        }
+        let mut top: Vec<_> = heap.into_iter().map(|Reverse(key)| key).collect();
+        top.sort_unstable_by(|a, b| b.cmp(a));
+        top.into_iter()
+            .filter_map(|(queued, bytes, slot)| {
+                let (user, _) = self.slots.get(slot as usize)?.as_ref()?;
+                Some((user.clone(), queued, bytes))
+            })
+            .collect()
+    }
+
     fn iter(&self) -> impl Iterator<Item = &Mailbox> {
         self.slots.iter().flatten().map(|(_, m)| m)
     }
@@ -540,6 +585,9 @@ impl Worker {
                     .and_then(|slot| self.mailboxes.at(slot))
                     .and_then(|m| m.stream_status(&stream, now, keep_ms));
                 let _ = reply.send(status);
+            }
+            Command::Deepest { k, reply } => {
+                let _ = reply.send(self.mailboxes.deepest(k));
             }
             Command::Inspect { user, reply } => {
                 let stats = self

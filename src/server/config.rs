@@ -168,8 +168,10 @@ pub struct ServerConfig {
     /// Whether the WebSocket echo service at `/echo` (for conformance suites) is on. Default
     /// false.
     pub echo_route: bool,
-    /// Whether the dashboard is served. Default false.
-    pub dashboard: bool,
+    /// Whether the dashboard (`/dashboard` and `/api/dashboard`) is served. Default `None`:
+    /// off, but on in development mode ([`ensure_credentials`](Self::ensure_credentials) turns
+    /// it on unless it was set). See [`dashboard_enabled`](Self::dashboard_enabled).
+    pub dashboard: Option<bool>,
     /// Log filter: `level` or `target=level` pairs, comma-separated, as `RUST_LOG` without
     /// span filters. Default `info`.
     pub log: String,
@@ -265,7 +267,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             allow_client_publish: false,
             echo_route: false,
-            dashboard: false,
+            dashboard: None,
             log: "info".to_owned(),
             log_format: LogFormat::Human,
             max_frame_bytes: 64 * 1024,
@@ -434,13 +436,17 @@ const ECHO_ROUTE: Setting = boolean(setting(
     Some("false"),
     "Serve a WebSocket echo service at /echo, for conformance suites such as Autobahn",
 ));
-const DASHBOARD: Setting = boolean(setting(
-    "dashboard",
-    "dashboard",
-    "BOOL",
-    NET,
-    Some("false"),
-    "Serve the dashboard",
+const DASHBOARD: Setting = boolean(noted(
+    setting(
+        "dashboard",
+        "dashboard",
+        "BOOL",
+        NET,
+        None,
+        "Serve the monitoring dashboard at /dashboard (its data needs the API key unless the \
+         server listens on loopback)",
+    ),
+    "false; true in development mode",
 ));
 const LOG: Setting = setting(
     "log",
@@ -1008,7 +1014,7 @@ impl ServerConfig {
                 &ALLOW_CLIENT_PUBLISH,
             )?,
             echo_route: always(src.get(&ECHO_ROUTE, parse_bool)?, &ECHO_ROUTE)?,
-            dashboard: always(src.get(&DASHBOARD, parse_bool)?, &DASHBOARD)?,
+            dashboard: src.get(&DASHBOARD, parse_bool)?,
             log: always(src.get(&LOG, |s| Ok(s.to_owned()))?, &LOG)?,
             log_format: always(src.get(&LOG_FORMAT, parse_log_format)?, &LOG_FORMAT)?,
             max_frame_bytes,
@@ -1149,7 +1155,8 @@ impl ServerConfig {
     ///
     /// - both `jwt_secret` and `api_key` set: nothing to do, `Ok(None)`;
     /// - neither set: development mode. Generates both from the OS's CSPRNG, stores them in
-    ///   `self`, and returns them with a token for user `demo` for `main` to print;
+    ///   `self`, and returns them with a token for user `demo` for `main` to print. It also
+    ///   turns the dashboard on, unless `dashboard` was set either way;
     /// - exactly one set: [`ConfigError::MissingCredential`] naming the other. A generated
     ///   credential would be unknown to whoever configured the first one, so a half-done
     ///   production setup fails loudly rather than starting half-open.
@@ -1186,6 +1193,7 @@ impl ServerConfig {
                         .map_err(|e| invalid(&JWT_SECRET, Origin::Default, "", e.to_string()))?;
                 self.jwt_secret = Some(jwt_secret.clone());
                 self.api_key = Some(api_key.clone());
+                self.dashboard.get_or_insert(true);
                 Ok(Some(DevCredentials {
                     jwt_secret,
                     api_key,
@@ -1194,6 +1202,26 @@ impl ServerConfig {
                 }))
             }
         }
+    }
+
+    /// Whether the dashboard is served: `dashboard` if set, otherwise off (development mode
+    /// sets it, see [`ensure_credentials`](Self::ensure_credentials)).
+    ///
+    /// ```
+    /// use tether::server::config::ServerConfig;
+    ///
+    /// let mut config = ServerConfig::default();
+    /// assert!(!config.dashboard_enabled());
+    /// config.ensure_credentials()?; // development mode
+    /// assert!(config.dashboard_enabled());
+    ///
+    /// let mut off = ServerConfig::parse_from(["serve", "--dashboard=false"], [("", ""); 0])?;
+    /// off.ensure_credentials()?;
+    /// assert!(!off.dashboard_enabled(), "an explicit setting wins");
+    /// # Ok::<(), tether::server::config::ConfigError>(())
+    /// ```
+    pub fn dashboard_enabled(&self) -> bool {
+        self.dashboard.unwrap_or(false)
     }
 
     /// The token verifier for the configured `jwt_secret`.
@@ -1553,7 +1581,8 @@ mod tests {
         assert_eq!(d.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(d.log, "info");
         assert_eq!(d.log_format, LogFormat::Human);
-        assert!(!d.allow_client_publish && !d.echo_route && !d.dashboard);
+        assert!(!d.allow_client_publish && !d.echo_route && !d.dashboard_enabled());
+        assert_eq!(d.dashboard, None, "unset: development mode decides");
         assert!(d.allowed_origins.is_empty());
         assert!(d.jwt_secret.is_none() && d.api_key.is_none());
         d.validate().expect("defaults validate");
@@ -1653,7 +1682,7 @@ mod tests {
     #[test]
     fn bool_flags_stand_alone_or_take_a_value() {
         let c = parse(&["--dashboard", "--echo-route=false"], &[]).expect("valid");
-        assert!(c.dashboard);
+        assert_eq!(c.dashboard, Some(true));
         assert!(!c.echo_route);
         let c = parse(&[], &[("TETHER_ALLOW_CLIENT_PUBLISH", "yes")]).expect("valid");
         assert!(c.allow_client_publish);
@@ -1791,7 +1820,7 @@ mod tests {
         assert_eq!(c.allowed_origins, ["https://a.example"]);
         // TOML integers and booleans are fine where the setting wants them.
         let c = with_file(&[], &[], "max_connections = 5\ndashboard = true").expect("valid");
-        assert_eq!((c.max_connections, c.dashboard), (5, true));
+        assert_eq!((c.max_connections, c.dashboard), (5, Some(true)));
     }
 
     #[test]
@@ -1905,6 +1934,16 @@ mod tests {
             .expect("key")
             .check(Some(&format!("Bearer {}", creds.api_key))));
         dev.validate().expect("generated credentials are valid");
+        assert!(
+            dev.dashboard_enabled(),
+            "development mode turns the dashboard on"
+        );
+        let mut dev_off = parse(&["--dashboard=false"], &[]).expect("valid");
+        dev_off
+            .ensure_credentials()
+            .expect("rng")
+            .expect("dev mode");
+        assert!(!dev_off.dashboard_enabled(), "unless it was turned off");
         let banner = creds.banner();
         assert!(banner.contains(&creds.jwt_secret) && banner.contains(&creds.demo_token));
         assert!(banner.contains("DEVELOPMENT MODE"));
@@ -1912,6 +1951,10 @@ mod tests {
 
         let mut both = parse(&["--jwt-secret", SECRET, "--api-key", SECRET], &[]).expect("valid");
         assert!(both.ensure_credentials().expect("no rng needed").is_none());
+        assert!(
+            !both.dashboard_enabled(),
+            "off by default outside development mode"
+        );
         assert_eq!(both.jwt_secret.as_deref(), Some(SECRET));
 
         let mut only_secret = parse(&[], &[("TETHER_JWT_SECRET", SECRET)]).expect("valid");

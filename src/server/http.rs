@@ -21,10 +21,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::protocol::{self, FrameError, PublishRequest};
-use super::{ws, Shared};
+use super::{dashboard, ws, Shared};
 use crate::{InvalidInput, SendOutcome, TrySendError};
 
-type Body = Full<Bytes>;
+pub(super) type Body = Full<Bytes>;
 
 /// Which WebSocket service an upgrade is for.
 #[derive(Clone, Copy)]
@@ -96,6 +96,15 @@ async fn route(
             text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n")
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/dashboard") if shared.config.dashboard_enabled() => dashboard::page(),
+        (&Method::GET, "/api/dashboard") if shared.config.dashboard_enabled() => {
+            dashboard::data(req.headers(), req.uri().query(), shared).await
+        }
+        (_, "/dashboard" | "/api/dashboard") if shared.config.dashboard_enabled() => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "wrong method for this route",
+        ),
         (
             _,
             "/ws" | "/api/publish" | "/api/publish_batch" | "/metrics" | "/api/stats" | "/healthz",
@@ -108,7 +117,11 @@ async fn route(
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub(super) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -116,12 +129,12 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     r
 }
 
-fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(super) fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     text(status, "application/json", body)
 }
 
 /// `{"error":{"code":..,"message":..}}` with `status`.
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({"error": {"code": code, "message": message}});
     json(status, body.to_string())
 }

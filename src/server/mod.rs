@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod config;
+mod dashboard;
 mod http;
 pub mod protocol;
 mod ws;
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     /// WebSocket connections open now (counted against `max_connections`).
     pub(crate) connections: AtomicUsize,
     pub(crate) stats: FrontStats,
+    /// The dashboard's state, with the registry of sessions whose breaker is open.
+    pub(crate) dashboard: dashboard::Dashboard,
     /// Becomes true when the server starts shutting down.
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -158,10 +161,15 @@ impl Server {
             api_key,
             connections: AtomicUsize::new(0),
             stats: FrontStats::default(),
+            dashboard: dashboard::Dashboard::new(),
             stopping,
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::info!(%addr, "tether listening");
+        if shared.config.dashboard_enabled() {
+            tokio::spawn(dashboard::sampler(Arc::downgrade(&shared)));
+            tracing::info!(url = %format!("http://{addr}/dashboard"), "dashboard on");
+        }
         Ok(Server {
             shared,
             addr,

@@ -332,11 +332,17 @@ impl<'a> Connection<'a> {
         let mut rate = RateLimit::new(c.publish_rate, c.publish_burst);
         let stopped = self.shared.stopped();
         tokio::pin!(stopped);
+        // `stopped` also resolves when the server is dropped without a shutdown (the flag
+        // never becomes true then): poll it once only, never after it completed.
+        let mut stop_seen = false;
         let mut batch = Vec::with_capacity(BATCH);
         // Stop reading while the client does not take what we write: it would only queue
         // more replies.
         let max_out = self.shared.engine.config().window() + 64;
         let mut failing = false;
+        // Lists the user on the dashboard while the breaker is open; unlists when it closes
+        // or this connection ends.
+        let mut breaker = self.shared.dashboard.breakers.watch();
         loop {
             let writing = !self.out.is_empty();
             tokio::select! {
@@ -360,14 +366,14 @@ impl<'a> Connection<'a> {
                     match wrote {
                         Ok(Ok(())) => {
                             if failing {
-                                session.report_delivery_success();
+                                breaker.saw(session.report_delivery_success(), session.user());
                                 failing = false;
                             }
                         }
                         Ok(Err(_)) => return Ending::Broken,
                         Err(_) => {
                             FrontStats::bump(&self.shared.stats.write_timeouts);
-                            session.report_delivery_failure();
+                            breaker.saw(session.report_delivery_failure(), session.user());
                             failing = true;
                         }
                     }
@@ -398,7 +404,7 @@ impl<'a> Connection<'a> {
                 }
                 // The engine ends every session at shutdown; this only wakes the loop so a
                 // session blocked on a stuck write notices.
-                _ = &mut stopped, if !self.shared.is_stopping() => {}
+                _ = &mut stopped, if !stop_seen => stop_seen = true,
             }
         }
     }
