@@ -3,6 +3,8 @@
 //! test cuts), and the close codes that stop the client.
 #![cfg(feature = "server")]
 
+mod wire;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,44 +14,16 @@ use tether::client::{
     AckError, Client, ClientBuilder, ClientError, Event, Publish, PublishOutcome, RequestError,
 };
 use tether::server::auth::issue_token;
-use tether::server::config::ServerConfig;
 use tether::server::Server;
 use tether::{Backoff, Message, StreamPart, UserId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-const SECRET: &str = "client-tests-secret-0123456789abcdef";
-const API_KEY: &str = "client-tests-api-key";
 /// Upper bound for any single wait in these tests; they never assert on time.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-async fn start(extra: &[&str]) -> Server {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-    ];
-    args.extend_from_slice(extra);
-    let config = ServerConfig::parse_from(args, [("", ""); 0]).expect("config");
-    Server::start(config).await.expect("server starts")
-}
+const PATIENCE: Duration = wire::GUARD;
 
 fn user(name: &str) -> UserId {
     UserId::new(name).expect("user id")
-}
-
-fn token(name: &str) -> String {
-    issue_token(
-        SECRET,
-        &user(name),
-        Some(Duration::from_secs(600)),
-        SystemTime::now(),
-    )
-    .expect("token")
 }
 
 fn url(addr: SocketAddr) -> String {
@@ -58,7 +32,7 @@ fn url(addr: SocketAddr) -> String {
 
 /// A client with a fast reconnect schedule, so tests do not wait out the default backoff.
 fn builder(addr: SocketAddr, name: &str) -> ClientBuilder {
-    Client::builder(url(addr), token(name))
+    Client::builder(url(addr), wire::token(name))
         .backoff(Backoff::new(Duration::from_millis(5), Duration::from_millis(50)).with_seed(1))
 }
 
@@ -180,7 +154,7 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_receive_and_auto_ack() {
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let alice = user("alice");
     for n in 1..=3 {
         let m = Message::new(format!(r#"{{"n":{n}}}"#));
@@ -228,7 +202,7 @@ async fn connect_receive_and_auto_ack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_acks_and_redelivery_of_what_was_not_acknowledged() {
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let bob = user("bob");
     for n in 1..=3 {
         let m = Message::new(format!("{n}"));
@@ -273,7 +247,7 @@ async fn manual_acks_and_redelivery_of_what_was_not_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_point_carries_over_to_a_new_client() {
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let carol = user("carol");
     for n in 1..=4 {
         let m = Message::new(format!("{n}"));
@@ -312,7 +286,7 @@ async fn resume_point_carries_over_to_a_new_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_through_cut_connections_without_loss_or_duplicates() {
     const TOTAL: u64 = 400;
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let proxy = Proxy::start(server.local_addr()).await;
     let dave = user("dave");
     let mut client = builder(proxy.addr, "dave")
@@ -385,7 +359,7 @@ async fn resumes_through_cut_connections_without_loss_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_token_is_unauthorized_and_not_retried() {
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let err = Client::builder(url(server.local_addr()), "not-a-token")
         .connect()
         .await
@@ -410,7 +384,7 @@ async fn a_bad_token_is_unauthorized_and_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_connection_of_the_same_user_replaces_without_a_fight() {
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let mut first = builder(server.local_addr(), "frank")
         .connect()
         .await
@@ -441,7 +415,7 @@ async fn a_newer_connection_of_the_same_user_replaces_without_a_fight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_ping_and_refusals() {
-    let server = start(&["--allow-client-publish"]).await;
+    let server = wire::server(&["--allow-client-publish"]).await;
     let client = builder(server.local_addr(), "gina")
         .connect()
         .await
@@ -476,7 +450,7 @@ async fn publish_ping_and_refusals() {
     assert_eq!(stats.map(|s| s.queued()), Some(2));
     server.shutdown().await;
 
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let client = builder(server.local_addr(), "gina")
         .connect()
         .await
@@ -497,7 +471,7 @@ async fn publish_ping_and_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_says_try_later() {
-    let server = start(&["--max-connections", "1"]).await;
+    let server = wire::server(&["--max-connections", "1"]).await;
     let mut first = builder(server.local_addr(), "ivan")
         .connect()
         .await
@@ -517,7 +491,7 @@ async fn a_full_server_says_try_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_disconnects_with_1001_and_reconnects_until_the_attempts_run_out() {
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let mut client = builder(server.local_addr(), "kate")
         .max_reconnect_attempts(3)
         .connect()
@@ -540,7 +514,7 @@ async fn shutdown_disconnects_with_1001_and_reconnects_until_the_attempts_run_ou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_aborts_arrive_as_events_and_are_acknowledged() {
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let lena = user("lena");
     let part = Message::new(r#""The answer is""#).with_stream_part(StreamPart::new("s1", 0, false));
     server.engine().send(&lena, part).await.expect("send");
@@ -577,7 +551,7 @@ async fn stream_aborts_arrive_as_events_and_are_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_share_a_server_and_stop_cleanly() {
-    let server = Arc::new(start(&[]).await);
+    let server = Arc::new(wire::server(&[]).await);
     let mut tasks = Vec::new();
     for c in 0..8 {
         let server = server.clone();
@@ -609,7 +583,7 @@ async fn many_clients_share_a_server_and_stop_cleanly() {
 async fn a_small_server_window_keeps_flowing() {
     // With a window far below the client's ack batch, the client must still ack as soon as
     // it has processed everything delivered, or delivery would stall on the window.
-    let server = start(&["--window", "2"]).await;
+    let server = wire::server(&["--window", "2"]).await;
     let mona = user("mona");
     for n in 0..300 {
         let m = Message::new(format!("{n}"));
@@ -630,7 +604,7 @@ async fn a_small_server_window_keeps_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_detected_and_replaced() {
-    let server = start(&[]).await;
+    let server = wire::server(&[]).await;
     let proxy = Proxy::start(server.local_addr()).await;
     let mut client = builder(proxy.addr, "nina")
         // Margins wide enough for a loaded machine: a ping every 100 ms, dead after 800 ms.

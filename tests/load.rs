@@ -2,32 +2,17 @@
 //! with random disconnects and resumes, through the library and through the binary.
 #![cfg(feature = "server")]
 
+mod wire;
+
 use std::time::Duration;
 
 use tether::client::load::{self, LoadConfig, LoadError};
-use tether::server::config::ServerConfig;
 use tether::server::Server;
 
-const SECRET: &str = "load-tests-secret-0123456789abcdefgh";
-const API_KEY: &str = "load-tests-api-key";
+use wire::{API_KEY, SECRET};
 
 async fn start() -> Server {
-    start_with(&[]).await
-}
-
-async fn start_with(extra: &[&str]) -> Server {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-    ];
-    args.extend_from_slice(extra);
-    let config = ServerConfig::parse_from(args, [("", ""); 0]).expect("config");
-    Server::start(config).await.expect("server starts")
+    wire::server(&[]).await
 }
 
 fn config(server: &Server) -> LoadConfig {
@@ -80,7 +65,7 @@ async fn batches_and_a_message_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losses_to_the_overflow_policy_are_attributed_to_evictions() {
     // Tiny caps: the publishers outrun the client, and DropOldest evicts queued messages.
-    let server = start_with(&["--window", "4", "--max-messages-per-user", "5"]).await;
+    let server = wire::server(&["--window", "4", "--max-messages-per-user", "5"]).await;
     let mut c = config(&server);
     c.clients = 1;
     c.batch = 32;
