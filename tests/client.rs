@@ -643,3 +643,44 @@ async fn a_silent_connection_is_detected_and_replaced() {
     client.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_at_the_clients_limit_arrives_and_one_byte_more_ends_the_client() {
+    let server = wire::server(&[]).await;
+    let data = |len: usize| Message::new(format!("\"{}\"", "x".repeat(len - 2)));
+    // The size of a `message` frame carrying 1,000 bytes of data at seq 1, as a raw client
+    // receives it (message frames do not name the user, so it is the same for any user).
+    server
+        .engine()
+        .send(&user("probe"), data(1000))
+        .await
+        .expect("send");
+    let (mut raw, _) = wire::Raw::connect(&server, "probe", None).await;
+    let limit = raw.next_message().await.text.len();
+    raw.close().await;
+
+    let olga = user("olga");
+    server.engine().send(&olga, data(1000)).await.expect("send");
+    server.engine().send(&olga, data(1001)).await.expect("send");
+    let mut client = builder(server.local_addr(), "olga")
+        .max_frame_bytes(limit)
+        .connect()
+        .await
+        .expect("connects");
+    expect_connected(&mut client).await;
+    assert_eq!(
+        expect_message(&mut client).await.seq(),
+        1,
+        "exactly at the limit"
+    );
+    match next_event(&mut client).await {
+        Event::Disconnected(d) => assert!(d.reason.contains("exceeds the limit"), "{d:?}"),
+        other => panic!("one byte over the limit: {other:?}"),
+    }
+    // Permanent: the server would send the same frame again on every reconnect.
+    match next(&mut client).await {
+        Err(ClientError::FrameTooBig { max }) => assert_eq!(max, limit),
+        other => panic!("after the disconnect: {other:?}"),
+    }
+    server.shutdown().await;
+}
