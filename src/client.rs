@@ -1211,7 +1211,7 @@ fn close_parts(frame: Option<&CloseFrame>) -> (u16, String) {
 enum End {
     /// The server sent a close frame.
     Closed { code: u16, reason: String },
-    /// The connection broke: I/O error, EOF, silence, an undecodable delivery.
+    /// The connection broke: I/O error, EOF, silence.
     Broken(String),
     /// [`ClientHandle::reconnect`].
     Requested,
@@ -1643,7 +1643,13 @@ impl Task {
         };
         let frame = match decode_server_frame(&text) {
             Ok(frame) => frame,
-            Err(e) if e.carries_seq() => return Some(End::Broken(e.to_string())),
+            // A delivery we cannot read would come again, identical, on every reconnect: it is
+            // as permanent as a frame over the size limit.
+            Err(e) if e.carries_seq() => {
+                return Some(End::Fatal(ClientError::ProtocolViolation(format!(
+                    "an undecodable delivery: {e}"
+                ))))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "tether client: ignoring a frame");
                 return None;

@@ -350,7 +350,8 @@ impl EngineBuilder {
     /// part `i` is refused with
     /// [`RejectReason::StreamWindowFull`](crate::RejectReason::StreamWindowFull) when
     /// `i >= first_missing + n`. Held parts also count against the user's caps. Default 1024;
-    /// at least 1.
+    /// from 1 to 65,536 (a status lists the missing indices inside the window, so the window
+    /// bounds what one status or abort costs the shard).
     pub fn stream_reorder_window(mut self, n: u32) -> Self {
         self.config.stream_reorder_window = n;
         self
@@ -412,7 +413,7 @@ impl EngineBuilder {
             "stream_reorder_window",
             c.stream_reorder_window as usize,
             1,
-            u32::MAX as usize,
+            1 << 16,
         )?;
         let at_least_1ms = |name: &'static str, d: Duration| {
             if d < Duration::from_millis(1) {

@@ -256,7 +256,7 @@ impl StreamPart {
     pub fn index(&self) -> u32 {
         self.index
     }
-    /// True for the final part.
+    /// True for the final part; false on an abort marker, whose stream has no more parts.
     pub fn is_last(&self) -> bool {
         self.last
     }
@@ -366,7 +366,9 @@ impl Message {
             .with_stream_part(StreamPart {
                 stream,
                 index: delivered,
-                last: true,
+                // Never true: a reader that stops at the last part must not take a cut-off
+                // stream for a complete one.
+                last: false,
                 abort: Some(reason),
             })
     }

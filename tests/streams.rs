@@ -323,6 +323,7 @@ async fn a_stream_whose_missing_part_never_comes_is_aborted_by_timeout() {
         .await
         .unwrap();
     assert_eq!(late, SendOutcome::Rejected(RejectReason::StreamClosed));
+    engine.barrier().await;
     let c = engine.metrics().counters;
     assert_eq!((c.streams_started, c.streams_aborted_timeout), (1, 1));
     assert_eq!(engine.metrics().gauges.streams_open, 0);
@@ -601,6 +602,7 @@ async fn overflow_aborts_a_stream_as_a_whole_and_says_so() {
         "the marker comes first: nothing of its stream can follow it"
     );
     assert_eq!([text(&got[1]), text(&got[2])], ["n1", "n2"]);
+    engine.barrier().await;
     assert_eq!(engine.metrics().counters.streams_aborted_overflow, 2);
 }
 
@@ -757,6 +759,8 @@ async fn contradictory_parts_are_refused_and_the_stream_goes_on() {
     }
     let status = engine.stream_status(&u, "s").await.unwrap();
     assert_eq!((status.arrived, status.missing.len()), (5, 0));
+    // Shards publish their counters after a pass; a barrier waits for that.
+    engine.barrier().await;
     assert_eq!(engine.metrics().counters.duplicates, 2);
 }
 
@@ -795,6 +799,14 @@ async fn stream_limits_hold_at_their_edges() {
     // Settings are checked at build.
     assert!(Engine::builder().max_streams_per_user(0).build().is_err());
     assert!(Engine::builder().stream_reorder_window(0).build().is_err());
+    assert!(Engine::builder()
+        .stream_reorder_window(1 << 16)
+        .build()
+        .is_ok());
+    assert!(Engine::builder()
+        .stream_reorder_window((1 << 16) + 1)
+        .build()
+        .is_err());
     assert!(Engine::builder()
         .stream_timeout(Duration::ZERO)
         .build()
