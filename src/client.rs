@@ -119,6 +119,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::server::auth::fingerprint;
 use crate::server::protocol::{
     CLOSE_PROTOCOL_VIOLATION, CLOSE_REPLACED, CLOSE_TRY_LATER, CLOSE_UNAUTHORIZED,
 };
@@ -352,7 +353,10 @@ pub enum AckError {
 // ---------------------------------------------------------------------------------------------
 
 /// A validated client configuration; build one with [`Client::builder`].
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows a fingerprint of the token (the first 8 hex digits of its
+/// SHA-256), never the token.
+#[derive(Clone)]
 pub struct ClientConfig {
     url: String,
     host: String,
@@ -384,7 +388,9 @@ impl ClientConfig {
 }
 
 /// Settings of a [`Client`], each with its default.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows a fingerprint of the token, never the token.
+#[derive(Clone)]
 pub struct ClientBuilder {
     url: String,
     token: String,
@@ -399,6 +405,45 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     max_pending_requests: usize,
     resume: Option<ResumePoint>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("token (sha256 prefix)", &fingerprint(&self.token))
+            .field("backoff", &self.backoff)
+            .field("auto_ack", &self.auto_ack)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("event_capacity", &self.event_capacity)
+            .field("keepalive", &self.keepalive)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_pending_requests", &self.max_pending_requests)
+            .field("resume", &self.resume)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("token (sha256 prefix)", &fingerprint(&self.token))
+            .field("backoff", &self.backoff)
+            .field("max_attempts", &self.max_attempts)
+            .field("auto_ack", &self.auto_ack)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("event_capacity", &self.event_capacity)
+            .field("keepalive", &self.keepalive)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_pending_requests", &self.max_pending_requests)
+            .field("resume", &self.resume)
+            .finish()
+    }
 }
 
 impl ClientBuilder {
@@ -1912,7 +1957,8 @@ mod tests {
 
     #[test]
     fn publish_frames_decode_on_the_server() {
-        use crate::server::protocol::{decode_client_frame, decode_publish_request, ClientFrame};
+        use crate::server::auth::fingerprint;
+use crate::server::protocol::{decode_client_frame, decode_publish_request, ClientFrame};
         let p = Publish::raw("bob", r#" {"n": 1.50} "#)
             .expect("json")
             .priority(Priority::Low)

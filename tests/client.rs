@@ -684,3 +684,18 @@ async fn a_frame_at_the_clients_limit_arrives_and_one_byte_more_ends_the_client(
     }
     server.shutdown().await;
 }
+
+#[test]
+fn debug_output_never_shows_the_token() {
+    let token = wire::token("grace");
+    let builder = Client::builder("ws://127.0.0.1:1/ws", token.clone());
+    let text = format!("{builder:?}");
+    assert!(!text.contains(&token), "{text}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    let config = builder.build().expect("valid");
+    let text = format!("{config:?} {config:#?}");
+    assert!(!text.contains(&token), "{text}");
+    // Not even a recognisable piece of it (a JWT's signature is its last segment).
+    let signature = token.rsplit('.').next().expect("a JWT");
+    assert!(!text.contains(signature), "{text}");
+}

@@ -144,3 +144,12 @@ async fn the_binary_prints_a_json_summary() {
     assert!(json["delivered"].as_u64() > Some(0));
     server.shutdown().await;
 }
+
+#[test]
+fn debug_output_never_shows_the_credentials() {
+    let c = LoadConfig::new("ws://127.0.0.1:1", API_KEY, SECRET);
+    let text = format!("{c:?} {c:#?}");
+    assert!(!text.contains(API_KEY), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+}

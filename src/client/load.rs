@@ -43,7 +43,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use super::{decode_publish_outcome, parse_url, Client, Event, PublishOutcome};
-use crate::server::auth::issue_token;
+use crate::server::auth::{fingerprint, issue_token};
 use crate::{Backoff, UserId};
 
 /// Largest payload a run may ask for: the server's default frame limit is 64 KiB.
@@ -55,7 +55,10 @@ const MAX_BODY: usize = 4 << 20;
 const MAX_ERRORS: usize = 10;
 
 /// What to run. Build with [`LoadConfig::new`] and set the fields.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows fingerprints of the API key and the JWT secret (the first 8 hex
+/// digits of their SHA-256), never the secrets.
+#[derive(Clone)]
 pub struct LoadConfig {
     /// The server, `ws://host:port` (the WebSocket path defaults to `/ws`; publishes go to
     /// the same host and port). Default `ws://127.0.0.1:7700`.
@@ -111,6 +114,27 @@ impl LoadConfig {
             allow_remote: false,
             user_prefix: "load-".into(),
         }
+    }
+}
+
+impl std::fmt::Debug for LoadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadConfig")
+            .field("url", &self.url)
+            .field("api_key (sha256 prefix)", &fingerprint(&self.api_key))
+            .field("jwt_secret (sha256 prefix)", &fingerprint(&self.jwt_secret))
+            .field("clients", &self.clients)
+            .field("publishers", &self.publishers)
+            .field("duration", &self.duration)
+            .field("messages", &self.messages)
+            .field("rate", &self.rate)
+            .field("payload_bytes", &self.payload_bytes)
+            .field("batch", &self.batch)
+            .field("disconnect_every", &self.disconnect_every)
+            .field("drain", &self.drain)
+            .field("allow_remote", &self.allow_remote)
+            .field("user_prefix", &self.user_prefix)
+            .finish()
     }
 }
 
