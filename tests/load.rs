@@ -4,11 +4,15 @@
 
 mod wire;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tether::client::load::{self, LoadConfig, LoadError};
 use tether::server::Server;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
 use wire::{API_KEY, SECRET};
 
 async fn start() -> Server {
@@ -152,4 +156,61 @@ fn debug_output_never_shows_the_credentials() {
     assert!(!text.contains(API_KEY), "{text}");
     assert!(!text.contains(SECRET), "{text}");
     assert!(text.contains("127.0.0.1:1"), "{text}");
+}
+
+/// A front on 127.0.0.1:0 for the server at `target`: WebSocket upgrades (`GET`) pass
+/// through, every other request is read and never answered. Aborting the handle ends it and
+/// every connection it holds.
+async fn silent_publish_front(target: SocketAddr) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            conns.spawn(async move {
+                let mut first = [0u8; 4];
+                if inbound.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                if &first == b"GET " {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    if outbound.write_all(&first).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                } else {
+                    // Swallow the request and whatever follows, until the client gives up.
+                    let mut sink = [0u8; 4096];
+                    while matches!(inbound.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_api_that_never_answers_ends_the_run_with_publish_errors() {
+    let server = start().await;
+    let (front, task) = silent_publish_front(server.local_addr()).await;
+    let mut c = LoadConfig::new(format!("ws://{front}"), API_KEY, SECRET);
+    c.clients = 2;
+    c.publishers = 2;
+    c.duration = Duration::from_secs(1);
+    c.request_timeout = Duration::from_millis(500);
+    c.drain = Duration::from_secs(1);
+    // Before the fix a publisher waited for the answer forever; the guard turns that into a
+    // failure instead of a hung test.
+    let report = tokio::time::timeout(wire::GUARD, load::run(c, |_| {}))
+        .await
+        .expect("the run ends by itself")
+        .expect("the run");
+    assert_eq!(report.published, 0, "{report:?}");
+    assert!(report.publish_errors >= 1, "{report:?}");
+    let error = report.publish_error.as_deref().expect("the first error");
+    assert!(error.contains("no answer within"), "{error}");
+    assert!(report.summary().contains("publish error: no answer"));
+    task.abort();
+    server.shutdown().await;
 }

@@ -61,6 +61,10 @@ struct Args {
     /// Longest wait for the last messages after publishing stops.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain: Duration,
+    /// Longest time one publish request may take; one without an answer by then counts as
+    /// a publish error.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    request_timeout: Duration,
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     allow_remote: bool,
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
     config.batch = args.batch;
     config.disconnect_every = args.disconnect_every;
     config.drain = args.drain;
+    config.request_timeout = args.request_timeout;
     config.allow_remote = args.allow_remote;
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -85,6 +85,9 @@ pub struct LoadConfig {
     pub disconnect_every: Option<Duration>,
     /// Longest wait after publishing for the last messages. Default 5 s.
     pub drain: Duration,
+    /// Longest time one publish request may take, connecting included; a request without an
+    /// answer by then counts as a publish error. Default 5 s.
+    pub request_timeout: Duration,
     /// Allow a target that is not a loopback address. Default false.
     pub allow_remote: bool,
     /// User id prefix. Default `load-`.
@@ -111,6 +114,7 @@ impl LoadConfig {
             batch: 1,
             disconnect_every: None,
             drain: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
             allow_remote: false,
             user_prefix: "load-".into(),
         }
@@ -132,6 +136,7 @@ impl std::fmt::Debug for LoadConfig {
             .field("batch", &self.batch)
             .field("disconnect_every", &self.disconnect_every)
             .field("drain", &self.drain)
+            .field("request_timeout", &self.request_timeout)
             .field("allow_remote", &self.allow_remote)
             .field("user_prefix", &self.user_prefix)
             .finish()
@@ -243,8 +248,11 @@ pub struct LoadReport {
     pub rejected: u64,
     /// Older messages the server evicted to make room (reported by `queued` outcomes).
     pub evicted: u64,
-    /// Publish requests that failed without an answer (their outcome is unknown).
+    /// Messages whose publish request failed without an answer (a timeout, a cut
+    /// connection): their outcome is unknown.
     pub publish_errors: u64,
+    /// The first of those failures, if any.
+    pub publish_error: Option<String>,
     /// Distinct messages received.
     pub delivered: u64,
     /// `published / publish_secs`.
@@ -322,6 +330,10 @@ impl LoadReport {
             self.reconnects,
             self.missed,
         );
+        if let Some(e) = &self.publish_error {
+            s.push_str("\npublish error: ");
+            s.push_str(e);
+        }
         for e in &self.errors {
             s.push_str("\nclient error: ");
             s.push_str(e);
@@ -455,7 +467,7 @@ pub async fn run(
         let publisher = Publisher {
             index: p,
             run: run_id,
-            http: Http::new(http_addr, &authority, &config.api_key),
+            http: Http::new(http_addr, &authority, &config.api_key, config.request_timeout),
             clients: config.clients,
             targets: targets.clone(),
             accepted: vec![Bitset::default(); config.clients],
@@ -472,6 +484,7 @@ pub async fn run(
             rejected: 0,
             evicted: 0,
             errors: 0,
+            first_error: None,
         };
         publishers.spawn(publisher.run(deadline, budget.clone()));
     }
@@ -589,6 +602,9 @@ fn check(c: &LoadConfig) -> Result<(), LoadError> {
     if c.duration.is_zero() {
         return bad("duration must be greater than 0");
     }
+    if c.request_timeout.is_zero() {
+        return bad("request_timeout must be greater than 0");
+    }
     Ok(())
 }
 
@@ -639,6 +655,7 @@ fn tally(
         rejected: publishers.iter().map(|p| p.rejected).sum(),
         evicted: publishers.iter().map(|p| p.evicted).sum(),
         publish_errors: publishers.iter().map(|p| p.errors).sum(),
+        publish_error: publishers.iter().find_map(|p| p.first_error.clone()),
         delivered,
         publish_rate: rate(published, publish_secs),
         delivery_rate: rate(delivered, elapsed_secs),
@@ -810,6 +827,7 @@ struct Publisher {
     rejected: u64,
     evicted: u64,
     errors: u64,
+    first_error: Option<String>,
 }
 
 struct PublisherStats {
@@ -819,6 +837,7 @@ struct PublisherStats {
     rejected: u64,
     evicted: u64,
     errors: u64,
+    first_error: Option<String>,
 }
 
 impl Publisher {
@@ -907,9 +926,10 @@ impl Publisher {
                         body: text.chars().take(200).collect(),
                     });
                 }
-                Err(_) => {
+                Err(e) => {
                     // The outcome of these is unknown: they count as neither accepted nor lost.
                     self.errors += batch.len() as u64;
+                    self.first_error.get_or_insert_with(|| e.to_string());
                     consecutive_errors += 1;
                     if consecutive_errors >= 50 {
                         return Err(LoadError::Publish {
@@ -928,6 +948,7 @@ impl Publisher {
             rejected: self.rejected,
             evicted: self.evicted,
             errors: self.errors,
+            first_error: self.first_error,
         })
     }
 }
@@ -949,17 +970,21 @@ fn batch_outcomes(body: &[u8], n: usize) -> Vec<Option<PublishOutcome>> {
 }
 
 /// A minimal HTTP/1.1 client: one keep-alive connection, one request at a time,
-/// `Content-Length` bodies only (what the tether server sends).
+/// `Content-Length` bodies only (what the tether server sends). Each request, connecting
+/// included, ends within `timeout`, so a server that accepts and never answers cannot hold
+/// a run past its deadline.
 struct Http {
     addr: SocketAddr,
     head: String,
+    timeout: Duration,
     conn: Option<BufReader<TcpStream>>,
 }
 
 impl Http {
-    fn new(addr: SocketAddr, authority: &str, api_key: &str) -> Self {
+    fn new(addr: SocketAddr, authority: &str, api_key: &str, timeout: Duration) -> Self {
         Self {
             addr,
+            timeout,
             head: format!(
                 "Host: {authority}\r\nAuthorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
             ),
@@ -967,9 +992,18 @@ impl Http {
         }
     }
 
-    /// POSTs `body` to `path`; the status and the response body.
+    /// POSTs `body` to `path`; the status and the response body, or `TimedOut` if the
+    /// whole exchange took longer than the timeout.
     async fn post(&mut self, path: &str, body: &str) -> io::Result<(u16, Vec<u8>)> {
-        let result = self.exchange(path, body).await;
+        let timeout = self.timeout;
+        let result = tokio::time::timeout(timeout, self.exchange(path, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                ))
+            });
         if result.is_err() {
             // The connection may be mid-response: never reuse it.
             self.conn = None;
