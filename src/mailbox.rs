@@ -25,7 +25,7 @@ use crate::ring::outbox::{OutboxNotifier, OutboxSender};
 use crate::session::{
     ConnectInfo, Epoch, MissedManifest, ResumePoint, SessionShared, END_REPLACED, END_SHUTDOWN,
 };
-use crate::stream::{AbortReason, Admission, StreamLimits, StreamStatus, Streams};
+use crate::stream::{AbortReason, Admission, Stream, StreamLimits, StreamStatus, Streams};
 use crate::wheel::{TimerHandle, Wheel};
 use crate::CloseReason;
 
@@ -85,9 +85,9 @@ pub(crate) struct Retention {
     pub(crate) idle_ms: u64,
 }
 
-/// Whether `m` is a part (not the abort marker) of stream `id`.
-fn is_part_of(m: &Message, id: &str) -> bool {
-    m.is_stream_part() && m.stream_part().is_some_and(|p| p.stream() == id)
+/// Whether `m` is a part (not the abort marker) released by stream `s`.
+fn is_part_of(m: &Message, s: &Stream) -> bool {
+    m.data_part().is_some_and(|p| s.owns(p))
 }
 
 /// A message's deadline and the wheel entry that enforces it.
@@ -618,12 +618,12 @@ impl Mailbox {
         }
         let mut dropped: Vec<Message> = s.take_held().into_values().collect();
         let b = s.priority().index();
-        if self.bands[b].iter().any(|q| is_part_of(&q.message, s.id())) {
+        if self.bands[b].iter().any(|q| is_part_of(&q.message, &s)) {
             let band = std::mem::take(&mut self.bands[b]);
             let mut kept = VecDeque::with_capacity(band.len());
             let mut gone = Vec::new();
             for q in band {
-                if is_part_of(&q.message, s.id()) {
+                if is_part_of(&q.message, &s) {
                     debug_assert!(
                         q.expiry.is_none(),
                         "stream parts have no timer of their own"
@@ -845,10 +845,8 @@ impl Mailbox {
         let pushed = live.outbox.push(Delivery::new(seq, message.clone()));
         debug_assert!(pushed.is_ok(), "outbox smaller than the window");
         cx.wake.add(live);
-        if let (Some(part), Some(streams)) = (message.stream_part(), self.streams.as_mut()) {
-            if message.is_stream_part() {
-                streams.delivered(part.stream(), part.index());
-            }
+        if let (Some(part), Some(streams)) = (message.data_part(), self.streams.as_mut()) {
+            streams.delivered(part);
         }
         let expiry = expires_at.map(|at| Expiry {
             at,
@@ -897,20 +895,13 @@ impl Mailbox {
             }
             self.in_flight_bytes -= f.cost();
             cx.rec.gauges.in_flight -= 1;
-            if let (Some(m), Some(streams)) = (&f.message, self.streams.as_mut()) {
-                let part = m.stream_part().filter(|_| m.is_stream_part());
-                if let Some(part) = part {
-                    let done = streams.acknowledged(
-                        part.stream(),
-                        part.index(),
-                        cx.now,
-                        &mut cx.rec.counters,
-                    );
-                    if let Some(mut done) = done {
-                        cx.rec.gauges.streams_open -= 1;
-                        if let Some((timer, _)) = done.timer.take() {
-                            cx.wheel.cancel(timer);
-                        }
+            let part = f.message.as_ref().and_then(Message::data_part);
+            if let (Some(part), Some(streams)) = (part, self.streams.as_mut()) {
+                let done = streams.acknowledged(part, cx.now, &mut cx.rec.counters);
+                if let Some(mut done) = done {
+                    cx.rec.gauges.streams_open -= 1;
+                    if let Some((timer, _)) = done.timer.take() {
+                        cx.wheel.cancel(timer);
                     }
                 }
             }
@@ -1239,14 +1230,12 @@ impl Mailbox {
                 let b = s.priority().index();
                 let idx: Vec<u32> = self.bands[b]
                     .iter()
-                    .filter(|q| is_part_of(&q.message, s.id()))
+                    .filter(|q| is_part_of(&q.message, &s))
                     .map(|q| q.message.stream_part().expect("a part").index())
                     .collect();
                 assert!(idx.windows(2).all(|w| w[0] + 1 == w[1]), "{idx:?}");
                 for other in (0..4).filter(|&o| o != b) {
-                    assert!(!self.bands[other]
-                        .iter()
-                        .any(|q| is_part_of(&q.message, s.id())));
+                    assert!(!self.bands[other].iter().any(|q| is_part_of(&q.message, &s)));
                 }
             }
         }

@@ -223,12 +223,38 @@ impl Priority {
 /// assert_eq!(part.index(), 0);
 /// assert!(part.abort_reason().is_none());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct StreamPart {
     stream: Arc<str>,
     index: u32,
     last: bool,
     abort: Option<AbortReason>,
+    /// Which stream of this id the part belongs to, stamped by the mailbox when it releases
+    /// the part (0 before that). A stream id can be used again once the engine has forgotten
+    /// the stream that had it, and parts of the old stream may still be in flight: the
+    /// generation keeps their acknowledgements away from the new stream. Internal: not part
+    /// of equality or `Debug`.
+    generation: u64,
+}
+
+impl PartialEq for StreamPart {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.stream, self.index, self.last, &self.abort)
+            == (&other.stream, other.index, other.last, &other.abort)
+    }
+}
+
+impl Eq for StreamPart {}
+
+impl fmt::Debug for StreamPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamPart")
+            .field("stream", &self.stream)
+            .field("index", &self.index)
+            .field("last", &self.last)
+            .field("abort", &self.abort)
+            .finish()
+    }
 }
 
 impl StreamPart {
@@ -239,6 +265,7 @@ impl StreamPart {
             index,
             last,
             abort: None,
+            generation: 0,
         }
     }
     /// The stream's id.
@@ -251,6 +278,10 @@ impl StreamPart {
     /// On an abort marker, why the stream was aborted; `None` on a part.
     pub fn abort_reason(&self) -> Option<&AbortReason> {
         self.abort.as_ref()
+    }
+    /// Which stream of this id the part belongs to (see the field).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
     /// The part's index, from 0.
     pub fn index(&self) -> u32 {
@@ -370,12 +401,27 @@ impl Message {
                 // stream for a complete one.
                 last: false,
                 abort: Some(reason),
+                generation: 0,
             })
+    }
+
+    /// Stamps a stream part with its stream's generation (in place: no allocation).
+    pub(crate) fn with_stream_generation(mut self, generation: u64) -> Self {
+        if let Some(part) = self.stream.as_deref_mut() {
+            part.generation = generation;
+        }
+        self
+    }
+
+    /// The stream part of a part of a stream; `None` for an ordinary message or an abort
+    /// marker.
+    pub(crate) fn data_part(&self) -> Option<&StreamPart> {
+        self.stream.as_deref().filter(|p| p.abort.is_none())
     }
 
     /// A part of a stream, as opposed to an ordinary message or an abort marker.
     pub(crate) fn is_stream_part(&self) -> bool {
-        self.stream.as_ref().is_some_and(|p| p.abort.is_none())
+        self.data_part().is_some()
     }
 
     /// Bytes this message holds against the user's and the engine's limits.

@@ -164,6 +164,9 @@ pub(crate) struct StreamLimits {
 /// One open stream.
 pub(crate) struct Stream {
     id: Arc<str>,
+    /// Tells this stream apart from earlier ones with the same id (see `Streams::generations`):
+    /// every part it releases carries it.
+    generation: u64,
     /// From part 0; `None` until it arrives.
     priority: Option<Priority>,
     /// From part 0's TTL: the last part must be delivered by then.
@@ -215,8 +218,10 @@ impl Stream {
         None
     }
 
-    pub(crate) fn id(&self) -> &Arc<str> {
-        &self.id
+    /// Whether `part` is one of this stream's released parts (not one of an earlier stream
+    /// that had the same id).
+    pub(crate) fn owns(&self, part: &StreamPart) -> bool {
+        part.generation() == self.generation && part.stream() == &*self.id
     }
 
     /// The band its parts use (Normal until part 0 says otherwise; nothing is released before).
@@ -295,6 +300,11 @@ pub(crate) struct Streams {
     /// How many finished streams are remembered: the per-user stream limit, so a user cannot
     /// make us remember without bound.
     remember: usize,
+    /// Streams opened so far in this mailbox: the next stream's generation is one more. Ids
+    /// are the producer's and are forgotten a while after their stream ends, so an id can
+    /// come back while parts of its old stream are still in flight; the generation on each
+    /// released part says which stream it belongs to.
+    generations: u64,
 }
 
 /// How a finished stream ended, kept so its late parts are refused.
@@ -315,6 +325,7 @@ impl Streams {
             held_parts: 0,
             held_bytes: 0,
             remember: limits.max_per_user,
+            generations: 0,
         }
     }
 
@@ -398,8 +409,10 @@ impl Streams {
 
     /// Opens a stream for `id`; the caller checked the limits with `admit`.
     pub(crate) fn open(&mut self, id: Arc<str>, now: u64, counters: &mut Counters) -> u32 {
+        self.generations += 1;
         let stream = Stream {
             id: id.clone(),
+            generation: self.generations,
             priority: None,
             deadline: None,
             next: 0,
@@ -454,37 +467,47 @@ impl Streams {
             s.held.insert(index, message);
             return Vec::new();
         }
-        let priority = s.priority();
-        let mut released = vec![message.with_priority(priority)];
+        let (priority, generation) = (s.priority(), s.generation);
+        let mut released = vec![message
+            .with_priority(priority)
+            .with_stream_generation(generation)];
         s.next += 1;
         while let Some(m) = s.held.remove(&s.next) {
             self.held_parts -= 1;
             self.held_bytes -= m.cost();
             s.held_bytes -= m.cost();
-            released.push(m.with_priority(priority));
+            released.push(m.with_priority(priority).with_stream_generation(generation));
             s.next += 1;
         }
         released
     }
 
-    /// Notes that part `index` of stream `id` entered the delivery window.
-    pub(crate) fn delivered(&mut self, id: &str, index: u32) {
-        if let Some(slot) = self.slot_of(id) {
+    /// The open stream that released `part`, if it is still open: same id and same
+    /// generation (a part of an earlier stream with that id belongs to no open stream).
+    fn owner_of(&self, part: &StreamPart) -> Option<u32> {
+        let slot = self.slot_of(part.stream())?;
+        let s = self.get(slot).expect("indexed streams exist");
+        s.owns(part).then_some(slot)
+    }
+
+    /// Notes that a released `part` entered the delivery window.
+    pub(crate) fn delivered(&mut self, part: &StreamPart) {
+        if let Some(slot) = self.owner_of(part) {
             let s = self.get_mut(slot).expect("indexed streams exist");
-            s.delivered = s.delivered.max(index + 1);
+            s.delivered = s.delivered.max(part.index() + 1);
         }
     }
 
-    /// Notes that part `index` of stream `id` was acknowledged. Returns the stream, removed,
-    /// if that completed it.
+    /// Notes that a released `part` was acknowledged. Returns the stream, removed, if that
+    /// completed it. A part of an earlier stream with the same id changes nothing.
     pub(crate) fn acknowledged(
         &mut self,
-        id: &str,
-        index: u32,
+        part: &StreamPart,
         now: u64,
         counters: &mut Counters,
     ) -> Option<Stream> {
-        let slot = self.slot_of(id)?;
+        let slot = self.owner_of(part)?;
+        let index = part.index();
         let s = self.get_mut(slot).expect("indexed streams exist");
         s.acknowledged = s.acknowledged.max(index + 1);
         if s.last != Some(index) {

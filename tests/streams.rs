@@ -848,3 +848,63 @@ async fn held_parts_count_against_the_users_caps() {
         .unwrap();
     assert_eq!(o, SendOutcome::Rejected(RejectReason::MailboxFull));
 }
+
+#[tokio::test]
+async fn acks_of_an_old_stream_do_not_reach_a_new_stream_with_the_same_id() {
+    let clock = Clock::manual();
+    let engine = manual_engine(&clock);
+    let u = user("reuse");
+    let mut s = engine.connect(&u, None).await.unwrap();
+    // The old stream: three parts delivered, none acknowledged, then aborted.
+    for i in 0..3 {
+        engine
+            .send(&u, part("r", i, false, format!("old{i}")))
+            .await
+            .unwrap();
+    }
+    let old = recv_n(&mut s, 3).await;
+    assert!(engine.abort_stream(&u, "r", "retry").await.unwrap());
+    let marker = recv(&mut s).await;
+    assert!(marker.stream_part().unwrap().abort_reason().is_some());
+    // Its record is forgotten after the stream timeout; the id is free again.
+    advance(&engine, &clock, 10_000).await;
+    assert_eq!(engine.stream_status(&u, "r").await, None);
+    // The new stream: part 0, and its last part 2 held back waiting for part 1.
+    for i in [0, 2] {
+        let o = engine
+            .send_confirmed(&u, part("r", i, i == 2, format!("new{i}")))
+            .await
+            .unwrap();
+        assert_ne!(o, SendOutcome::Rejected(RejectReason::StreamClosed));
+    }
+    let new0 = recv(&mut s).await;
+    assert_eq!(text(&new0), "new0");
+    // The old parts are acknowledged now: the last has index 2, the new stream's last part.
+    s.ack(old[2].seq()).unwrap();
+    engine.barrier().await;
+    let status = engine.stream_status(&u, "r").await.unwrap();
+    assert_eq!(status.phase, StreamPhase::Open, "untouched by the old acks");
+    assert_eq!(
+        (status.arrived, status.held, status.acknowledged),
+        (1, vec![2], 0)
+    );
+    // The new stream goes on and completes on its own acks.
+    engine.send(&u, part("r", 1, false, "new1")).await.unwrap();
+    let rest = recv_n(&mut s, 2).await;
+    assert_eq!([text(&rest[0]), text(&rest[1])], ["new1", "new2"]);
+    s.ack(rest[1].seq()).unwrap();
+    engine.barrier().await;
+    let status = engine.stream_status(&u, "r").await.unwrap();
+    assert_eq!(status.phase, StreamPhase::Completed);
+    assert_eq!(status.acknowledged, 3);
+    let c = engine.metrics().counters;
+    assert_eq!(
+        (
+            c.streams_started,
+            c.streams_completed,
+            c.streams_aborted_producer
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(engine.metrics().gauges.streams_open, 0);
+}
