@@ -20,6 +20,20 @@ async fn close_code_for(token: &str) -> Option<u16> {
 }
 
 #[tokio::test]
+async fn a_connect_frame_without_a_usable_token_closes_with_4001() {
+    let server = server(&[]).await;
+    for frame in [
+        json!({"type": "connect"}),
+        json!({"type": "connect", "token": null}),
+        json!({"type": "connect", "token": 42}),
+    ] {
+        let mut raw = Raw::open(&server).await;
+        raw.send(frame.clone()).await;
+        assert_eq!(raw.close_code().await, UNAUTHORIZED, "{frame}");
+    }
+}
+
+#[tokio::test]
 async fn a_valid_token_connects() {
     let server = server(&[]).await;
     let (_raw, connected) = Raw::connect(&server, "valid", None).await;

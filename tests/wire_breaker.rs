@@ -1,6 +1,7 @@
 //! A client that stops reading: writes time out, each timeout counts as a delivery failure,
 //! and the session's circuit breaker opens, so the engine stops handing it messages (they
 //! wait in the mailbox) instead of piling them up in the server.
+#![cfg(feature = "server")]
 
 use std::time::{Duration, Instant};
 
@@ -61,4 +62,52 @@ async fn a_client_that_stops_reading_trips_its_breaker_and_the_backlog_waits_in_
         "each timeout was a reported failure ({timeouts})"
     );
     drop(raw);
+}
+
+/// Waits (bounded by [`GUARD`]) until the engine counts an opened breaker.
+async fn wait_for_breaker_open(server: &tether::server::Server, also: impl AsyncFn()) {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        server.engine().barrier().await;
+        if server.engine().metrics().counters.breaker_opens > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the breaker never opened");
+        also().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_but_never_reads_still_trips_its_breaker() {
+    // Every frame the client sends wakes the server's connection loop; the write that the
+    // client never lets finish must still time out on its own clock.
+    let server = server(&[
+        "--write-timeout",
+        "300ms",
+        "--window",
+        "32",
+        "--max-frame-bytes",
+        "1MiB",
+    ])
+    .await;
+    let user = UserId::new("chatty").unwrap();
+    let (raw, _) = Raw::connect(&server, "chatty", None).await;
+    let raw = tokio::sync::Mutex::new(raw);
+    let big = format!("\"{}\"", "y".repeat(512 * 1024));
+    for _ in 0..100 {
+        server
+            .engine()
+            .send(&user, Message::new(big.clone()))
+            .await
+            .unwrap();
+    }
+    // An ack of nothing new: accepted, answered with nothing, sent every 50 ms.
+    wait_for_breaker_open(&server, async || {
+        raw.lock()
+            .await
+            .send(serde_json::json!({"type": "ack", "seq": 0}))
+            .await;
+    })
+    .await;
 }

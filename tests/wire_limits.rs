@@ -80,9 +80,55 @@ async fn client_publishing_is_off_by_default() {
         json!({"type": "publish_result", "ref": "r1", "outcome": "rejected",
             "reason": "publish_not_allowed"})
     );
+    // Without a ref, the result has none (not `"ref":null`).
+    raw.send(json!({"type": "publish", "to": "other", "data": 1}))
+        .await;
+    assert_eq!(
+        raw.next().await,
+        json!({"type": "publish_result", "outcome": "rejected", "reason": "publish_not_allowed"})
+    );
     assert!(raw.ping().await.is_empty(), "the connection stays usable");
     let (_other, connected) = Raw::connect(&server, "other", None).await;
     assert_eq!(connected["pending"], 0, "nothing was published");
+}
+
+#[tokio::test]
+async fn a_ref_of_256_bytes_is_echoed_and_one_byte_more_is_refused_unechoed() {
+    let server = server(&["--allow-client-publish"]).await;
+    let (mut raw, _) = Raw::connect(&server, "refs", None).await;
+    let at_limit = "r".repeat(256);
+    raw.send(json!({"type": "publish", "ref": at_limit, "to": "x", "data": 1}))
+        .await;
+    let result = raw.next().await;
+    assert_eq!(
+        (&result["type"], &result["ref"], &result["outcome"]),
+        (&json!("publish_result"), &json!(at_limit), &json!("queued"))
+    );
+    let over = "r".repeat(257);
+    raw.send(json!({"type": "publish", "ref": over, "to": "x", "data": 2}))
+        .await;
+    let error = raw.next().await;
+    assert_eq!(
+        (&error["type"], &error["code"]),
+        (&json!("error"), &json!("invalid_field"))
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("`ref`"),
+        "{error}"
+    );
+    assert!(error.get("ref").is_none(), "not echoed: {error}");
+    let (mut x, _) = Raw::connect(&server, "x", None).await;
+    assert_eq!(x.next_message().await.raw_data(), "1");
+    assert!(x.ping().await.is_empty(), "only the first was published");
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_4003() {
+    let server = server(&[]).await;
+    let (mut raw, _) = Raw::connect(&server, "bytes", None).await;
+    raw.send_text_bytes(b"{\"type\":\"ping\",\"x\":\"\xff\"}")
+        .await;
+    assert_eq!(raw.close_code().await, Some(4003));
 }
 
 #[tokio::test]

@@ -465,6 +465,10 @@ const LOG_FORMAT: Setting = setting(
     Some("human"),
     "Log line format",
 );
+/// The largest value of the size limits (`max_frame_bytes`, `max_body_bytes`,
+/// `write_buffer_bytes`): 1 GiB.
+pub const MAX_BUFFER_BYTES: usize = 1 << 30;
+
 const MAX_FRAME_BYTES: Setting = setting(
     "max_frame_bytes",
     "max-frame-bytes",
@@ -1090,6 +1094,17 @@ impl ServerConfig {
         for (s, value) in positive.into_iter().chain(engine_positive) {
             if value == 0 {
                 return fail(s, "0".into(), "must be at least 1".into());
+            }
+        }
+        // Buffers sized from these are allocated per connection, and sums of them must not
+        // wrap: a bound far above any sane value keeps the arithmetic honest.
+        for (s, value) in [
+            (&MAX_FRAME_BYTES, self.max_frame_bytes),
+            (&MAX_BODY_BYTES, self.max_body_bytes),
+            (&WRITE_BUFFER_BYTES, self.write_buffer_bytes),
+        ] {
+            if value > MAX_BUFFER_BYTES {
+                return fail(s, value.to_string(), "must be at most 1GiB".into());
             }
         }
         let durations = [
@@ -1769,6 +1784,16 @@ mod tests {
         for name in ["connect_timeout", "idle_timeout", "write_timeout"] {
             let flag = format!("--{}=0ms", name.replace('_', "-"));
             assert_eq!(setting_of(parse(&[&flag], &[])), name);
+        }
+    }
+
+    #[test]
+    fn size_limits_stop_at_1_gib() {
+        for name in ["max_frame_bytes", "max_body_bytes", "write_buffer_bytes"] {
+            let flag = |v: &str| format!("--{}={v}", name.replace('_', "-"));
+            assert!(parse(&[&flag("1GiB")], &[]).is_ok(), "{name} at the limit");
+            let over = (MAX_BUFFER_BYTES + 1).to_string();
+            assert_eq!(setting_of(parse(&[&flag(&over)], &[])), name);
         }
     }
 

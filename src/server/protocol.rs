@@ -84,6 +84,11 @@ pub const CLOSE_SHUTTING_DOWN: u16 = 1001;
 /// Close code: a frame exceeded the server's maximum frame size (RFC 6455 "message too big").
 pub const CLOSE_FRAME_TOO_BIG: u16 = 1009;
 
+/// Longest `ref` a publish may carry, in bytes. Every publish echoes its `ref`, so without a
+/// bound a client that sends publishes and does not read could make the server hold replies
+/// as large as its frames.
+pub const MAX_REF_BYTES: usize = 256;
+
 /// The close reason sent with [`CLOSE_TRY_LATER`]: `{"retry_after_ms":<n>}`.
 ///
 /// ```
@@ -631,6 +636,10 @@ fn decode_publish(fields: &Fields<'_>, source: Source<'_>) -> Result<PublishRequ
         Some(raw) => Some(read_string(raw, "ref")?),
         None => None,
     };
+    if reference.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES) {
+        // Not echoed back: that is what the bound is for.
+        return Err(invalid("ref", "longer than 256 bytes"));
+    }
     match decode_publish_fields(fields, source) {
         Ok(mut request) => {
             request.reference = reference;

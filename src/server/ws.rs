@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
@@ -214,6 +215,14 @@ impl<'a> Connection<'a> {
                     .await;
                 return None;
             }
+            // A connect frame without a usable token is an authentication failure, like a bad
+            // token, not a client that does not speak the protocol.
+            Err(e) if e.field() == Some("token") => {
+                FrontStats::bump(&self.shared.stats.unauthorized);
+                self.close(CloseCode::Library(wire::CLOSE_UNAUTHORIZED), &e.to_string())
+                    .await;
+                return None;
+            }
             Err(e) => {
                 self.violation(&e.to_string()).await;
                 return None;
@@ -278,9 +287,17 @@ impl<'a> Connection<'a> {
                 "binary frames are not part of the protocol".into(),
             ),
             Some(Err(WsError::Capacity(e))) => Ending::Close(1009, e.to_string()),
+            // A reset is a connection that died, not a peer that broke the protocol.
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                Ending::Broken
+            }
             Some(Err(WsError::Protocol(e))) => {
                 Ending::Close(wire::CLOSE_PROTOCOL_VIOLATION, e.to_string())
             }
+            Some(Err(WsError::Utf8(_))) => Ending::Close(
+                wire::CLOSE_PROTOCOL_VIOLATION,
+                "a text frame that is not valid UTF-8".into(),
+            ),
             _ => Ending::Broken,
         }
     }
@@ -343,8 +360,17 @@ impl<'a> Connection<'a> {
         // Lists the user on the dashboard while the breaker is open; unlists when it closes
         // or this connection ends.
         let mut breaker = self.shared.dashboard.breakers.watch();
+        // When the frames queued now must be written by. Fixed when writing starts, not per
+        // pass: reads cancel and restart the pump, and a client that sends a frame every few
+        // seconds must not restart the clock of a write it never lets finish.
+        let mut write_deadline: Option<tokio::time::Instant> = None;
         loop {
             let writing = !self.out.is_empty();
+            if writing {
+                write_deadline.get_or_insert_with(|| tokio::time::Instant::now() + c.write_timeout);
+            } else {
+                write_deadline = None;
+            }
             tokio::select! {
                 biased;
                 read = self.stream.next(), if self.out.len() < max_out => {
@@ -359,10 +385,12 @@ impl<'a> Connection<'a> {
                         other => return self.ending_of(other),
                     }
                 }
-                wrote = tokio::time::timeout(
-                    c.write_timeout,
+                wrote = tokio::time::timeout_at(
+                    // Only polled while writing, when the deadline is set.
+                    write_deadline.unwrap_or_else(tokio::time::Instant::now),
                     pump(&mut self.sink, &mut self.out, &self.shared.stats),
                 ), if writing => {
+                    write_deadline = None;
                     match wrote {
                         Ok(Ok(())) => {
                             if failing {
@@ -375,6 +403,11 @@ impl<'a> Connection<'a> {
                             FrontStats::bump(&self.shared.stats.write_timeouts);
                             breaker.saw(session.report_delivery_failure(), session.user());
                             failing = true;
+                            // Deliveries are not read while a write is stuck, so this is where
+                            // a replaced or shut-down session is noticed.
+                            if session.end_reason().is_some() {
+                                return session_ended(session);
+                            }
                         }
                     }
                 }
@@ -386,15 +419,7 @@ impl<'a> Connection<'a> {
                             self.out.push_back(Frame::text(wire::encode_delivery(&d)));
                         }
                     }
-                    None => {
-                        return match session.end_reason() {
-                            Some(EndReason::Replaced) => Ending::Close(
-                                wire::CLOSE_REPLACED,
-                                "replaced by a newer session of the same user".into(),
-                            ),
-                            _ => Ending::Close(wire::CLOSE_SHUTTING_DOWN, "server shutting down".into()),
-                        };
-                    }
+                    None => return session_ended(session),
                 },
                 _ = ticker.tick() => {
                     if self.last_inbound.elapsed() >= c.idle_timeout {
@@ -504,11 +529,25 @@ fn refused(request: &wire::PublishRequest, reason: &str) -> String {
 }
 
 fn rejected(reference: Option<&str>, reason: &str) -> String {
-    serde_json::json!({
+    let mut frame = serde_json::json!({
         "type": "publish_result",
-        "ref": reference,
         "outcome": "rejected",
         "reason": reason,
-    })
-    .to_string()
+    });
+    // As in every publish_result: `ref` only when the publish had one.
+    if let Some(reference) = reference {
+        frame["ref"] = reference.into();
+    }
+    frame.to_string()
+}
+
+/// How the connection ends once the engine ended its session.
+fn session_ended(session: &Session) -> Ending {
+    match session.end_reason() {
+        Some(EndReason::Replaced) => Ending::Close(
+            wire::CLOSE_REPLACED,
+            "replaced by a newer session of the same user".into(),
+        ),
+        _ => Ending::Close(wire::CLOSE_SHUTTING_DOWN, "server shutting down".into()),
+    }
 }

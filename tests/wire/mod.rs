@@ -310,6 +310,14 @@ impl Raw {
         self.ws.flush().await.expect("flush");
     }
 
+    /// Sends `bytes` as one text frame, valid UTF-8 or not.
+    pub async fn send_text_bytes(&mut self, bytes: &[u8]) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame as RawFrame;
+        let frame = RawFrame::message(bytes.to_vec(), OpCode::Data(Data::Text), true);
+        self.ws.send(Frame::Frame(frame)).await.expect("send");
+    }
+
     pub async fn send_binary(&mut self, bytes: &[u8]) {
         self.ws
             .send(Frame::binary(bytes.to_vec()))
