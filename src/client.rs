@@ -1957,8 +1957,7 @@ mod tests {
 
     #[test]
     fn publish_frames_decode_on_the_server() {
-        use crate::server::auth::fingerprint;
-use crate::server::protocol::{decode_client_frame, decode_publish_request, ClientFrame};
+        use crate::server::protocol::{decode_client_frame, decode_publish_request, ClientFrame};
         let p = Publish::raw("bob", r#" {"n": 1.50} "#)
             .expect("json")
             .priority(Priority::Low)

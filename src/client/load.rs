@@ -6,16 +6,19 @@
 //!
 //! Each publisher numbers its messages per recipient (0, 1, 2, ...) and records which
 //! numbers the server accepted (`delivered` or `queued`). Each message's `data` is
-//! `{"r":<run id>,"p":<publisher>,"n":<number>,"t":<µs since the run started>,"pad":"..."}`;
-//! each client records the numbers it received per publisher in a bitset, and ignores
-//! messages of other runs (left in the mailboxes of the same `load-N` users by an earlier,
-//! interrupted run). After publishing stops, a
+//! `{"r":<run id>,"u":<recipient>,"p":<publisher>,"n":<number>,"t":<µs since the run
+//! started>,"pad":"..."}`; each client records the numbers it received per publisher in a
+//! bitset, ignores messages of other runs (left in the mailboxes of the same `load-N` users
+//! by an earlier, interrupted run), and counts a message stamped for another recipient as
+//! misrouted rather than as its own. After publishing stops, a
 //! drain period lets the last messages arrive (it ends early once everything accepted was
 //! received). Then:
 //!
 //! - **lost**: accepted and never received. The server's overflow policy may drop queued
 //!   messages when a client falls behind (`evicted`, from the publish outcomes); a loss
-//!   beyond that is a bug;
+//!   beyond a recipient's own evictions is a bug (`lost_beyond_evicted`, per recipient, since
+//!   one user's evictions cannot explain another user's losses);
+//! - **misrouted**: received by a client the message was not addressed to (a bug);
 //! - **duplicates**: received more than once (the client's contract is exactly once with
 //!   auto-ack, reconnects included, so anything here is a bug);
 //! - **unexpected**: received but not accepted (a publish whose HTTP answer was lost: see
@@ -263,6 +266,11 @@ pub struct LoadReport {
     pub latency: Latency,
     /// Accepted and never received.
     pub lost: u64,
+    /// Losses that the recipient's own evictions cannot explain: the sum over recipients of
+    /// `lost - evicted` where that is positive.
+    pub lost_beyond_evicted: u64,
+    /// Received by a client other than the recipient.
+    pub misrouted: u64,
     /// Received more than once.
     pub duplicates: u64,
     /// Received but not known to be accepted.
@@ -278,11 +286,12 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// True if no client stopped, nothing was duplicated, every loss can be a message the
-    /// server's overflow policy evicted, and every unexpected message can be one whose
-    /// publish lost its answer.
+    /// True if no client stopped, nothing was duplicated or misrouted, every recipient's
+    /// losses can be messages the server's overflow policy evicted from that recipient's
+    /// mailbox, and every unexpected message can be one whose publish lost its answer.
     pub fn is_clean(&self) -> bool {
-        self.lost <= self.evicted
+        self.lost_beyond_evicted == 0
+            && self.misrouted == 0
             && self.duplicates == 0
             && self.unexpected <= self.publish_errors
             && self.errors.is_empty()
@@ -301,7 +310,7 @@ impl LoadReport {
              published {} in {:.2}s ({:.0}/s), rejected {}, evicted {}, publish errors {}\n\
              delivered {} in {:.2}s ({:.0}/s)\n\
              latency p50 {} us, p90 {} us, p99 {} us, max {} us\n\
-             lost {}{}, duplicates {}, unexpected {}, reconnects {}, missed {}",
+             lost {}{}, misrouted {}, duplicates {}, unexpected {}, reconnects {}, missed {}",
             self.clients,
             self.publishers,
             self.payload_bytes,
@@ -320,11 +329,13 @@ impl LoadReport {
             l.p99_us,
             l.max_us,
             self.lost,
-            if self.lost > 0 && self.lost <= self.evicted {
-                " (evicted by the server's per-user caps: the clients fell behind)"
-            } else {
-                ""
+            match (self.lost, self.lost_beyond_evicted) {
+                (0, _) => String::new(),
+                (_, 0) =>
+                    " (evicted by the server's per-user caps: the clients fell behind)".to_owned(),
+                (_, n) => format!(" ({n} beyond what the server evicted per user)"),
             },
+            self.misrouted,
             self.duplicates,
             self.unexpected,
             self.reconnects,
@@ -438,15 +449,10 @@ pub async fn run(
         let kick = Arc::new(Notify::new());
         kicks.push(kick.clone());
         let receiver = Receiver {
-            user: i,
-            run: run_id,
             client,
-            seen: vec![Bitset::default(); config.publishers],
+            tally: Tally::new(i, run_id, config.publishers),
             shared: shared.clone(),
             start,
-            latency: Histogram::new(),
-            duplicates: 0,
-            stale: 0,
             reconnects: 0,
             missed: 0,
             connects: 0,
@@ -467,7 +473,12 @@ pub async fn run(
         let publisher = Publisher {
             index: p,
             run: run_id,
-            http: Http::new(http_addr, &authority, &config.api_key, config.request_timeout),
+            http: Http::new(
+                http_addr,
+                &authority,
+                &config.api_key,
+                config.request_timeout,
+            ),
             clients: config.clients,
             targets: targets.clone(),
             accepted: vec![Bitset::default(); config.clients],
@@ -482,7 +493,7 @@ pub async fn run(
             shared: shared.clone(),
             start,
             rejected: 0,
-            evicted: 0,
+            evicted: vec![0; config.clients],
             errors: 0,
             first_error: None,
         };
@@ -615,17 +626,28 @@ fn tally(
     publish_secs: f64,
     elapsed_secs: f64,
 ) -> LoadReport {
-    receivers.sort_by_key(|r| r.user);
-    let (mut lost, mut unexpected, mut delivered) = (0, 0, 0);
+    receivers.sort_by_key(|r| r.tally.user);
+    // Per recipient: lost, and evicted from its mailbox.
+    let mut lost_by_user = vec![0u64; config.clients];
+    let mut evicted_by_user = vec![0u64; config.clients];
+    for p in &publishers {
+        for (total, e) in evicted_by_user.iter_mut().zip(&p.evicted) {
+            *total += e;
+        }
+    }
+    let (mut unexpected, mut delivered) = (0, 0);
+    let empty = Bitset::default();
     for r in &receivers {
-        for (p, seen) in r.seen.iter().enumerate() {
+        let user = r.tally.user;
+        for (p, seen) in r.tally.seen.iter().enumerate() {
             let accepted = publishers
                 .iter()
                 .find(|s| s.index == p)
-                .and_then(|s| s.accepted.get(r.user));
-            let empty = Bitset::default();
-            let accepted = accepted.unwrap_or(&empty);
-            lost += accepted.count_missing_from(seen);
+                .and_then(|s| s.accepted.get(user))
+                .unwrap_or(&empty);
+            if let Some(lost) = lost_by_user.get_mut(user) {
+                *lost += accepted.count_missing_from(seen);
+            }
             unexpected += seen.count_missing_from(accepted);
             delivered += seen.count();
         }
@@ -633,14 +655,22 @@ fn tally(
     // A client that never reported (its task failed) lost everything it was sent.
     for p in &publishers {
         for (user, accepted) in p.accepted.iter().enumerate() {
-            if !receivers.iter().any(|r| r.user == user) {
-                lost += accepted.count();
+            if !receivers.iter().any(|r| r.tally.user == user) {
+                if let Some(lost) = lost_by_user.get_mut(user) {
+                    *lost += accepted.count();
+                }
             }
         }
     }
+    let lost = lost_by_user.iter().sum();
+    let lost_beyond_evicted = lost_by_user
+        .iter()
+        .zip(&evicted_by_user)
+        .map(|(l, e)| l.saturating_sub(*e))
+        .sum();
     let mut latency = Histogram::new();
     for r in &receivers {
-        latency.merge(&r.latency);
+        latency.merge(&r.tally.latency);
     }
     let published: u64 = publishers.iter().map(|p| p.published).sum();
     let rate = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
@@ -653,7 +683,7 @@ fn tally(
         elapsed_secs,
         published,
         rejected: publishers.iter().map(|p| p.rejected).sum(),
-        evicted: publishers.iter().map(|p| p.evicted).sum(),
+        evicted: evicted_by_user.iter().sum(),
         publish_errors: publishers.iter().map(|p| p.errors).sum(),
         publish_error: publishers.iter().find_map(|p| p.first_error.clone()),
         delivered,
@@ -661,9 +691,11 @@ fn tally(
         delivery_rate: rate(delivered, elapsed_secs),
         latency: latency.summary(),
         lost,
-        duplicates: receivers.iter().map(|r| r.duplicates).sum(),
+        lost_beyond_evicted,
+        misrouted: receivers.iter().map(|r| r.tally.misrouted).sum(),
+        duplicates: receivers.iter().map(|r| r.tally.duplicates).sum(),
         unexpected,
-        stale: receivers.iter().map(|r| r.stale).sum(),
+        stale: receivers.iter().map(|r| r.tally.stale).sum(),
         reconnects: receivers.iter().map(|r| r.reconnects).sum(),
         missed: receivers.iter().map(|r| r.missed).sum(),
         errors: receivers
@@ -688,18 +720,10 @@ struct Counters {
 // ---------------------------------------------------------------------------------------------
 
 struct Receiver {
-    /// The index of the receiver's user (`load-<user>`).
-    user: usize,
-    /// This run's id: messages with another are left over from an earlier run.
-    run: u64,
     client: Client,
-    /// Per publisher: the numbers received.
-    seen: Vec<Bitset>,
+    tally: Tally,
     shared: Arc<Counters>,
     start: Instant,
-    latency: Histogram,
-    duplicates: u64,
-    stale: u64,
     reconnects: u64,
     missed: u64,
     connects: u64,
@@ -707,27 +731,89 @@ struct Receiver {
 }
 
 struct ReceiverStats {
-    user: usize,
-    seen: Vec<Bitset>,
-    latency: Histogram,
-    duplicates: u64,
-    stale: u64,
+    tally: Tally,
     reconnects: u64,
     missed: u64,
     error: Option<String>,
 }
 
+/// The checkable part of each message's data (see the module docs).
 #[derive(Deserialize)]
 struct Stamp {
+    /// The run.
     r: u64,
+    /// The recipient's index.
+    u: usize,
+    /// The publisher's index.
     p: usize,
+    /// The publisher's number for this recipient.
     n: u64,
+    /// When it was published, µs since the run started.
     t: u64,
+}
+
+/// A message's data: its stamp and `pad`.
+fn stamp_json(run: u64, to: usize, publisher: usize, n: u64, t: u64, pad: &str) -> String {
+    format!(r#"{{"r":{run},"u":{to},"p":{publisher},"n":{n},"t":{t},"pad":"{pad}"}}"#)
+}
+
+/// What one client received, by stamp.
+struct Tally {
+    /// The index of the client's user (`load-<user>`).
+    user: usize,
+    /// This run's id: messages with another are left over from an earlier run.
+    run: u64,
+    /// Per publisher: the numbers received.
+    seen: Vec<Bitset>,
+    latency: Histogram,
+    duplicates: u64,
+    misrouted: u64,
+    stale: u64,
+}
+
+impl Tally {
+    fn new(user: usize, run: u64, publishers: usize) -> Self {
+        Self {
+            user,
+            run,
+            seen: vec![Bitset::default(); publishers],
+            latency: Histogram::new(),
+            duplicates: 0,
+            misrouted: 0,
+            stale: 0,
+        }
+    }
+
+    /// Counts one message (`None`: its data is not a stamp) received `now` µs into the run;
+    /// true if it is new and this client's.
+    fn record(&mut self, stamp: Option<Stamp>, now: u64) -> bool {
+        let stamp = match stamp {
+            Some(stamp) if stamp.r == self.run => stamp,
+            _ => {
+                self.stale += 1;
+                return false;
+            }
+        };
+        if stamp.u != self.user {
+            self.misrouted += 1;
+            return false;
+        }
+        let Some(seen) = self.seen.get_mut(stamp.p) else {
+            self.stale += 1;
+            return false;
+        };
+        if seen.insert(stamp.n) {
+            self.latency.record(now.saturating_sub(stamp.t));
+            true
+        } else {
+            self.duplicates += 1;
+            false
+        }
+    }
 }
 
 impl Receiver {
     async fn run(mut self, mut stop: watch::Receiver<bool>, kick: Arc<Notify>) -> ReceiverStats {
-        let user = self.user;
         loop {
             tokio::select! {
                 biased;
@@ -744,10 +830,7 @@ impl Receiver {
         }
         let Receiver {
             client,
-            seen,
-            latency,
-            duplicates,
-            stale,
+            tally,
             reconnects,
             missed,
             error,
@@ -755,11 +838,7 @@ impl Receiver {
         } = self;
         client.close().await;
         ReceiverStats {
-            user,
-            seen,
-            latency,
-            duplicates,
-            stale,
+            tally,
             reconnects,
             missed,
             error,
@@ -769,22 +848,9 @@ impl Receiver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Message(m) => {
-                let stamp = match m.json::<Stamp>() {
-                    Ok(stamp) if stamp.r == self.run => stamp,
-                    _ => {
-                        self.stale += 1;
-                        return;
-                    }
-                };
-                let Some(seen) = self.seen.get_mut(stamp.p) else {
-                    return;
-                };
-                if seen.insert(stamp.n) {
+                let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if self.tally.record(m.json::<Stamp>().ok(), now) {
                     self.shared.delivered.fetch_add(1, Ordering::Relaxed);
-                    let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    self.latency.record(now.saturating_sub(stamp.t));
-                } else {
-                    self.duplicates += 1;
                 }
             }
             Event::Connected(info) => {
@@ -825,7 +891,8 @@ struct Publisher {
     shared: Arc<Counters>,
     start: Instant,
     rejected: u64,
-    evicted: u64,
+    /// Per recipient: older messages evicted from its mailbox to make room.
+    evicted: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -835,7 +902,7 @@ struct PublisherStats {
     accepted: Vec<Bitset>,
     published: u64,
     rejected: u64,
-    evicted: u64,
+    evicted: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -883,10 +950,11 @@ impl Publisher {
                     body.push(',');
                 }
                 let t = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-                body.push_str(&format!(
-                    r#"{{"to":{},"data":{{"r":{},"p":{},"n":{n},"t":{t},"pad":"{}"}}}}"#,
-                    self.targets[to], self.run, self.index, self.pad
-                ));
+                body.push_str(r#"{"to":"#);
+                body.push_str(&self.targets[to]);
+                body.push_str(r#","data":"#);
+                body.push_str(&stamp_json(self.run, to, self.index, n, t, &self.pad));
+                body.push('}');
             }
             if batched {
                 body.push_str("]}");
@@ -903,7 +971,7 @@ impl Publisher {
                         match outcome {
                             Some(o) if o.is_accepted() => {
                                 if let PublishOutcome::Queued { evicted } = o {
-                                    self.evicted += evicted;
+                                    self.evicted[to] += evicted;
                                     self.shared.evicted.fetch_add(evicted, Ordering::Relaxed);
                                 }
                                 self.accepted[to].insert(n);
@@ -1258,6 +1326,130 @@ mod tests {
         assert_eq!(a.count_missing_from(&b), 3);
         assert_eq!(b.count_missing_from(&a), 1);
         assert!(!a.insert(u64::MAX), "absurd numbers are ignored");
+    }
+
+    fn stamp(run: u64, to: usize, publisher: usize, n: u64) -> Option<Stamp> {
+        serde_json::from_str(&stamp_json(run, to, publisher, n, 0, "xx")).ok()
+    }
+
+    fn publisher(index: usize, accepted: &[&[u64]], evicted: Vec<u64>) -> PublisherStats {
+        let accepted: Vec<Bitset> = accepted
+            .iter()
+            .map(|ns| {
+                let mut b = Bitset::default();
+                for &n in *ns {
+                    b.insert(n);
+                }
+                b
+            })
+            .collect();
+        PublisherStats {
+            index,
+            published: accepted.iter().map(Bitset::count).sum(),
+            accepted,
+            rejected: 0,
+            evicted,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn receiver(tally: Tally) -> ReceiverStats {
+        ReceiverStats {
+            tally,
+            reconnects: 0,
+            missed: 0,
+            error: None,
+        }
+    }
+
+    fn two_clients() -> LoadConfig {
+        LoadConfig {
+            clients: 2,
+            publishers: 1,
+            ..LoadConfig::new("ws://127.0.0.1:1", "k", "s")
+        }
+    }
+
+    #[test]
+    fn misrouted_duplicated_and_stale_stamps_are_told_apart() {
+        let (run, other_run) = (7, 8);
+        let mut a = Tally::new(0, run, 1);
+        let mut b = Tally::new(1, run, 1);
+        assert!(a.record(stamp(run, 0, 0, 0), 10));
+        assert!(!a.record(stamp(run, 0, 0, 0), 20), "the same stamp again");
+        // User 0's message 1 reaches user 1 instead: not counted as user 1's own.
+        assert!(!b.record(stamp(run, 0, 0, 1), 30));
+        assert!(b.record(stamp(run, 1, 0, 0), 30));
+        assert!(!b.record(stamp(other_run, 1, 0, 1), 40));
+        assert!(!b.record(None, 40));
+        assert_eq!((a.duplicates, a.misrouted, a.stale), (1, 0, 0));
+        assert_eq!((b.duplicates, b.misrouted, b.stale), (0, 1, 2));
+
+        let accepted: &[&[u64]] = &[&[0, 1], &[0]];
+        let report = tally(
+            &two_clients(),
+            vec![publisher(0, accepted, vec![0, 0])],
+            vec![receiver(a), receiver(b)],
+            1.0,
+            1.0,
+        );
+        assert_eq!(report.delivered, 2, "{report:?}");
+        assert_eq!(report.duplicates, 1, "{report:?}");
+        assert_eq!(report.misrouted, 1, "{report:?}");
+        assert_eq!(report.stale, 2, "{report:?}");
+        // User 0's message 1 went to user 1: lost for user 0, and nothing evicted explains it.
+        assert_eq!(
+            (report.lost, report.lost_beyond_evicted),
+            (1, 1),
+            "{report:?}"
+        );
+        assert!(!report.is_clean());
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["misrouted"], 1);
+        assert!(
+            report.summary().contains("misrouted 1, duplicates 1"),
+            "{}",
+            report.summary()
+        );
+    }
+
+    #[test]
+    fn one_users_evictions_do_not_excuse_another_users_losses() {
+        let run = 1;
+        // User 0 received 0 and 1 of 0..=2; user 1 received all of 0..=1.
+        let accepted: &[&[u64]] = &[&[0, 1, 2], &[0, 1]];
+        let receivers = || {
+            let mut a = Tally::new(0, run, 1);
+            let mut b = Tally::new(1, run, 1);
+            for n in [0, 1] {
+                assert!(a.record(stamp(run, 0, 0, n), 1));
+                assert!(b.record(stamp(run, 1, 0, n), 1));
+            }
+            vec![receiver(a), receiver(b)]
+        };
+        // One eviction, from user 1's mailbox: globally lost (1) <= evicted (1), yet user 0's
+        // loss is unexplained.
+        let report = tally(
+            &two_clients(),
+            vec![publisher(0, accepted, vec![0, 1])],
+            receivers(),
+            1.0,
+            1.0,
+        );
+        assert_eq!((report.lost, report.evicted), (1, 1), "{report:?}");
+        assert_eq!(report.lost_beyond_evicted, 1, "{report:?}");
+        assert!(!report.is_clean());
+        // The same eviction from user 0's mailbox explains the loss.
+        let report = tally(
+            &two_clients(),
+            vec![publisher(0, accepted, vec![1, 0])],
+            receivers(),
+            1.0,
+            1.0,
+        );
+        assert_eq!(report.lost_beyond_evicted, 0, "{report:?}");
+        assert!(report.is_clean(), "{report:?}");
     }
 
     #[test]
