@@ -462,31 +462,15 @@ impl Mailbox {
         cx: &mut Ctx<'_>,
     ) -> SendOutcome {
         self.counters.sent += 1;
-        let config = cx.streams;
-        let streams = self
-            .streams
-            .get_or_insert_with(|| Box::new(Streams::new(&config)));
-        streams.forget_finished(cx.now, config.timeout_ms);
-        let part = message.stream_part().expect("a stream part");
-        let id = part.stream_id().clone();
-        let slot = match streams.admit(part, &config) {
-            Admission::Opens => None,
-            Admission::Joins(slot) => Some(slot),
-            Admission::Duplicate => {
-                cx.rec.counters.duplicates += 1;
-                self.record_duplicate();
-                return SendOutcome::Duplicate;
-            }
-            Admission::Refused(reason) => {
-                cx.rec.counters.rejected += 1;
-                self.counters.rejected += 1;
-                return SendOutcome::Rejected(reason);
-            }
+        let (slot, priority) = match self.admit_part(&message, cx) {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
         };
-        // Until part 0 arrives, the part's own priority is the best guess of the stream's.
-        let priority = slot
-            .and_then(|slot| streams.get(slot)?.known_priority())
-            .unwrap_or(message.priority());
+        let id = message
+            .data_part()
+            .expect("a stream part")
+            .stream_id()
+            .clone();
         let limits = self.limits.unwrap_or(*defaults);
         let cost = message.cost();
         let mut evicted = 0;
@@ -542,6 +526,59 @@ impl Mailbox {
         }
         self.fill_window(cx);
         outcome
+    }
+
+    /// Decides whether stream part `message` can be taken, counting it if not (a duplicate or
+    /// a refusal, with the outcome to return). If it can: the open stream it joins (`None`
+    /// if it opens one) and the stream's priority, which part 0 fixes; until part 0 arrives,
+    /// the part's own priority is the best guess.
+    fn admit_part(
+        &mut self,
+        message: &Message,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(Option<u32>, Priority), SendOutcome> {
+        let config = cx.streams;
+        let streams = self
+            .streams
+            .get_or_insert_with(|| Box::new(Streams::new(&config)));
+        streams.forget_finished(cx.now, config.timeout_ms);
+        let slot = match streams.admit(message.data_part().expect("a stream part"), &config) {
+            Admission::Opens => None,
+            Admission::Joins(slot) => Some(slot),
+            Admission::Duplicate => {
+                cx.rec.counters.duplicates += 1;
+                self.record_duplicate();
+                return Err(SendOutcome::Duplicate);
+            }
+            Admission::Refused(reason) => {
+                cx.rec.counters.rejected += 1;
+                self.counters.rejected += 1;
+                return Err(SendOutcome::Rejected(reason));
+            }
+        };
+        let priority = slot
+            .and_then(|slot| streams.get(slot)?.known_priority())
+            .unwrap_or(message.priority());
+        Ok((slot, priority))
+    }
+
+    /// Before the memory budget looks at stream part `message`: the priority the budget
+    /// must judge it by (its stream's), or, if the part is a duplicate or is refused, the
+    /// outcome, counted. Checking the part first means only a part that would open or join
+    /// a stream can end it under memory pressure; a duplicate or a late part of a finished
+    /// stream leaves everything as it was.
+    pub(crate) fn budget_priority_of_part(
+        &mut self,
+        message: &Message,
+        cx: &mut Ctx<'_>,
+    ) -> Result<Priority, SendOutcome> {
+        match self.admit_part(message, cx) {
+            Ok((_, priority)) => Ok(priority),
+            Err(refused) => {
+                self.counters.sent += 1;
+                Err(refused)
+            }
+        }
     }
 
     /// Keeps the stream's timer at (or before) its next due time.
@@ -685,9 +722,11 @@ impl Mailbox {
     }
 
     /// The memory budget refused a message; if it is a stream part, its stream ends as a unit.
+    /// The caller admitted the part first (`budget_priority_of_part`): it opens or joins a
+    /// stream, so no finished stream's record is overwritten.
     pub(crate) fn shed_part_or_message(&mut self, message: &Message, cx: &mut Ctx<'_>) {
         self.record_loss(Loss::Shed, message.id(), cx);
-        if let Some(part) = message.stream_part().filter(|_| message.is_stream_part()) {
+        if let Some(part) = message.data_part() {
             self.end_stream(part.stream_id().clone(), AbortReason::MemoryBudget, cx);
             self.fill_window(cx);
         }

@@ -639,12 +639,36 @@ impl Worker {
                 return SendOutcome::Duplicate;
             }
         }
-        if !self.budget.admits(message.priority(), message.cost()) {
+        let mut budget_priority = message.priority();
+        if message.is_stream_part() {
+            // A stream part is judged by its stream, not by itself: a duplicate or refused
+            // part is answered as such whatever the memory, and the budget uses the
+            // stream's priority (from part 0), not the part's own, which is ignored.
+            if let Some(slot) = self.mailboxes.slot_of(user) {
+                let admitted = self.with_mailbox(slot, |m, cx, r| {
+                    let admitted = m.budget_priority_of_part(&message, cx);
+                    if admitted.is_err() && !m.is_live() {
+                        m.schedule_removal(r, cx);
+                    }
+                    admitted
+                });
+                match admitted.expect("slot was just looked up") {
+                    Ok(priority) => budget_priority = priority,
+                    Err(outcome) => return outcome,
+                }
+            }
+        }
+        if !self.budget.admits(budget_priority, message.cost()) {
             // Recorded on an existing mailbox only: under memory pressure, creating mailboxes
             // to note losses would make it worse.
             match self.mailboxes.slot_of(user) {
                 Some(slot) => {
-                    self.with_mailbox(slot, |m, cx, _| m.shed_part_or_message(&message, cx));
+                    self.with_mailbox(slot, |m, cx, r| {
+                        m.shed_part_or_message(&message, cx);
+                        if !m.is_live() {
+                            m.schedule_removal(r, cx);
+                        }
+                    });
                 }
                 None => self.rec.counters.shed += 1,
             }

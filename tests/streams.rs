@@ -908,3 +908,108 @@ async fn acks_of_an_old_stream_do_not_reach_a_new_stream_with_the_same_id() {
     );
     assert_eq!(engine.metrics().gauges.streams_open, 0);
 }
+
+/// One shard, a 1000-byte budget (Low refused above 600, Normal above 800, High above 950)
+/// and caps that never bind.
+fn budget_engine() -> Engine {
+    Engine::builder()
+        .shards(1)
+        .memory_budget_bytes(1000)
+        .user_limits(big_limits())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn under_memory_pressure_a_duplicate_or_late_part_ends_no_stream() {
+    let engine = budget_engine();
+    let u = user("pressed");
+    let mut s = engine.connect(&u, None).await.unwrap();
+    // Stream c completes.
+    for i in 0..2 {
+        engine.send(&u, part("c", i, i == 1, "c")).await.unwrap();
+    }
+    let got = recv_n(&mut s, 2).await;
+    s.ack(got[1].seq()).unwrap();
+    engine.barrier().await;
+    assert_eq!(
+        engine.stream_status(&u, "c").await.unwrap().phase,
+        StreamPhase::Completed
+    );
+    // Stream s holds 798 of the 800 bytes a Normal message may take.
+    for i in 0..8 {
+        let o = engine
+            .send_confirmed(
+                &u,
+                part("s", i, false, vec![0u8; if i == 0 { 98 } else { 100 }]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(o, SendOutcome::Delivered);
+    }
+    // A part sent twice is a duplicate, not a reason to end the stream.
+    let o = engine
+        .send_confirmed(&u, part("s", 3, false, vec![0u8; 100]))
+        .await
+        .unwrap();
+    assert_eq!(o, SendOutcome::Duplicate);
+    let status = engine.stream_status(&u, "s").await.unwrap();
+    assert_eq!(status.phase, StreamPhase::Open);
+    // A late part of the completed stream is refused as such, and the stream stays completed.
+    let o = engine
+        .send_confirmed(&u, part("c", 1, true, vec![0u8; 100]))
+        .await
+        .unwrap();
+    assert_eq!(o, SendOutcome::Rejected(RejectReason::StreamClosed));
+    assert_eq!(
+        engine.stream_status(&u, "c").await.unwrap().phase,
+        StreamPhase::Completed
+    );
+    // A new part that would pass the budget does end its stream, as a unit.
+    let o = engine
+        .send_confirmed(&u, part("s", 8, false, vec![0u8; 100]))
+        .await
+        .unwrap();
+    assert_eq!(o, SendOutcome::Rejected(RejectReason::MemoryBudget));
+    assert_eq!(
+        engine.stream_status(&u, "s").await.unwrap().phase,
+        StreamPhase::Aborted(AbortReason::MemoryBudget)
+    );
+    engine.barrier().await;
+    assert_eq!(engine.metrics().counters.streams_aborted_memory_budget, 1);
+}
+
+#[tokio::test]
+async fn the_memory_budget_judges_a_part_by_its_streams_priority() {
+    let engine = budget_engine();
+    let u = user("urgent");
+    // A Critical stream: part 0 says so; the later parts say Low, which is ignored.
+    let first = part("k", 0, false, vec![0u8; 100]).with_priority(Priority::Critical);
+    engine.send_confirmed(&u, first).await.unwrap();
+    for i in 1..9 {
+        let o = engine
+            .send_confirmed(
+                &u,
+                part("k", i, i == 8, vec![0u8; 100]).with_priority(Priority::Low),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            o,
+            SendOutcome::Queued { evicted: 0 },
+            "part {i}: past the Low threshold, under the Critical one"
+        );
+    }
+    let status = engine.stream_status(&u, "k").await.unwrap();
+    assert_eq!((status.phase, status.arrived), (StreamPhase::Open, 9));
+    // An ordinary Low message is still refused at this level.
+    let o = engine
+        .send_confirmed(&u, Message::new("low").with_priority(Priority::Low))
+        .await
+        .unwrap();
+    assert_eq!(o, SendOutcome::Rejected(RejectReason::MemoryBudget));
+    let mut s = engine.connect(&u, None).await.unwrap();
+    let got = recv_n(&mut s, 9).await;
+    assert!(got.iter().all(|d| d.priority() == Priority::Critical));
+    assert_eq!(engine.metrics().counters.streams_aborted_memory_budget, 0);
+}
