@@ -68,6 +68,23 @@ async fn an_expired_token_closes_with_4001() {
 }
 
 #[tokio::test]
+async fn a_session_ends_with_4001_when_its_token_expires() {
+    let server = server(&[]).await;
+    // `exp` has whole seconds: 2 s from now is 1 to 2 s away, far more than a connect takes.
+    let short = token_signed(
+        SECRET,
+        "brief",
+        Some(Duration::from_secs(2)),
+        SystemTime::now(),
+    );
+    let mut raw = Raw::open(&server).await;
+    raw.send(json!({"type": "connect", "token": short})).await;
+    assert_eq!(raw.next().await["type"], "connected");
+    let (code, reason) = raw.close_frame().await.expect("a close frame");
+    assert_eq!((code, reason.as_str()), (4001, "the token expired"));
+}
+
+#[tokio::test]
 async fn an_alg_none_token_closes_with_4001() {
     let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
     let payload = b64url(br#"{"sub":"mallory"}"#);

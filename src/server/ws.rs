@@ -165,12 +165,12 @@ impl<'a> Connection<'a> {
     }
 
     async fn run(&mut self, peer: SocketAddr) {
-        let Some(mut session) = self.handshake().await else {
+        let Some((mut session, expires_at)) = self.handshake().await else {
             return;
         };
         let user = session.user().clone();
         tracing::debug!(%peer, %user, "session connected");
-        let ending = self.serve(&mut session).await;
+        let ending = self.serve(&mut session, expires_at).await;
         // Frames still queued (deliveries before a replace or a shutdown) go out first.
         let limit = self.shared.config.write_timeout;
         let _ = tokio::time::timeout(
@@ -189,8 +189,9 @@ impl<'a> Connection<'a> {
         tracing::debug!(%peer, %user, "session ended");
     }
 
-    /// Waits for the `connect` frame, authenticates it and attaches the session.
-    async fn handshake(&mut self) -> Option<Session> {
+    /// Waits for the `connect` frame, authenticates it and attaches the session; returns it
+    /// with the token's `exp`, if it has one.
+    async fn handshake(&mut self) -> Option<(Session, Option<u64>)> {
         let c = &self.shared.config;
         let first = tokio::time::timeout(c.connect_timeout, self.next_text()).await;
         let text = match first {
@@ -246,7 +247,7 @@ impl<'a> Connection<'a> {
                     session.user(),
                     session.info(),
                 )));
-                Some(session)
+                Some((session, claims.expires_at))
             }
             Err(ConnectError::TooManyUsers) => {
                 FrontStats::bump(&self.shared.stats.refused_overload);
@@ -341,8 +342,12 @@ impl<'a> Connection<'a> {
         .await;
     }
 
-    async fn serve(&mut self, session: &mut Session) -> Ending {
+    /// Runs the session until it ends; `expires_at` is the token's `exp` (Unix seconds), when
+    /// the session ends with 4001 like a token that was expired at connect.
+    async fn serve(&mut self, session: &mut Session, expires_at: Option<u64>) -> Ending {
         let c = &self.shared.config;
+        let expiry = tokio::time::sleep(expires_at.map_or(FOREVER, until_unix));
+        tokio::pin!(expiry);
         let mut ticker = tokio::time::interval(c.ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.reset();
@@ -421,6 +426,10 @@ impl<'a> Connection<'a> {
                     }
                     None => return session_ended(session),
                 },
+                () = &mut expiry, if expires_at.is_some() => {
+                    FrontStats::bump(&self.shared.stats.unauthorized);
+                    return Ending::Close(wire::CLOSE_UNAUTHORIZED, "the token expired".into());
+                }
                 _ = ticker.tick() => {
                     if self.last_inbound.elapsed() >= c.idle_timeout {
                         return Ending::Close(1001, "idle timeout".into());
@@ -539,6 +548,17 @@ fn rejected(reference: Option<&str>, reason: &str) -> String {
         frame["ref"] = reference.into();
     }
     frame.to_string()
+}
+
+/// Longer than any session lives: the sleep of a token without `exp`, never polled.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// How long from now until `unix_secs` (zero if it has passed).
+fn until_unix(unix_secs: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(unix_secs).saturating_sub(now)
 }
 
 /// How the connection ends once the engine ended its session.
