@@ -20,9 +20,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::protocol::{self, FrameError, PublishRequest};
-use super::{dashboard, ws, Shared};
-use crate::{InvalidInput, SendOutcome, TrySendError};
+use super::protocol::{self, FrameError};
+use super::{dashboard, publish_one, ws, Published, Shared};
+use crate::InvalidInput;
 
 pub(super) type Body = Full<Bytes>;
 
@@ -261,31 +261,6 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<String, Respons
             "the body is not UTF-8",
         )
     })
-}
-
-/// What became of one publish request.
-enum Published {
-    Outcome(SendOutcome),
-    Invalid(FrameError),
-    BadInput(InvalidInput),
-    TryLater,
-    Stopping,
-}
-
-async fn publish_one(shared: &Shared, request: PublishRequest) -> Published {
-    let (user, message) = match request.into_message() {
-        Ok(m) => m,
-        Err(e) => return Published::Invalid(e),
-    };
-    match shared.engine.try_send_confirmed(&user, message) {
-        Ok(pending) => match pending.await {
-            Ok(outcome) => Published::Outcome(outcome),
-            Err(_) => Published::Stopping,
-        },
-        Err(TrySendError::Full(_)) => Published::TryLater,
-        Err(TrySendError::ShuttingDown(_)) => Published::Stopping,
-        Err(TrySendError::Invalid { error, .. }) => Published::BadInput(error),
-    }
 }
 
 async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Response<Body> {

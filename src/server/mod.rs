@@ -42,9 +42,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::{Engine, ShutdownOptions, ShutdownReport};
+use crate::{Engine, InvalidInput, SendOutcome, ShutdownOptions, ShutdownReport, TrySendError};
 use auth::{ApiKey, JwtVerifier};
 use config::ServerConfig;
+use protocol::{FrameError, PublishRequest};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -255,6 +256,32 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinSet<()> 
         }
     }
     tasks
+}
+
+/// What became of one publish request, over HTTP or WebSocket.
+pub(crate) enum Published {
+    Outcome(SendOutcome),
+    Invalid(FrameError),
+    BadInput(InvalidInput),
+    TryLater,
+    Stopping,
+}
+
+/// Hands one decoded publish to the engine and waits for its outcome.
+pub(crate) async fn publish_one(shared: &Shared, request: PublishRequest) -> Published {
+    let (user, message) = match request.into_message() {
+        Ok(m) => m,
+        Err(e) => return Published::Invalid(e),
+    };
+    match shared.engine.try_send_confirmed(&user, message) {
+        Ok(pending) => match pending.await {
+            Ok(outcome) => Published::Outcome(outcome),
+            Err(_) => Published::Stopping,
+        },
+        Err(TrySendError::Full(_)) => Published::TryLater,
+        Err(TrySendError::ShuttingDown(_)) => Published::Stopping,
+        Err(TrySendError::Invalid { error, .. }) => Published::BadInput(error),
+    }
 }
 
 /// Runs the server with `config` until SIGINT or SIGTERM, then shuts down gracefully within

@@ -28,8 +28,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::http::Upgrade;
 use super::protocol::{self as wire, ClientFrame};
-use super::{FrontStats, Shared};
-use crate::{CloseReason, ConnectError, EndReason, Session, TrySendError};
+use super::{publish_one, FrontStats, Published, Shared};
+use crate::{CloseReason, ConnectError, EndReason, Session};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -497,22 +497,14 @@ impl<'a> Connection<'a> {
     /// its `ref`, including the ones the front end refuses.
     async fn publish(&self, request: wire::PublishRequest) -> String {
         let reference = request.reference.clone();
-        let (user, message) = match request.into_message() {
-            Ok(m) => m,
-            Err(e) => return wire::encode_frame_error(&e),
-        };
-        let reason = match self.shared.engine.try_send_confirmed(&user, message) {
-            Ok(pending) => match pending.await {
-                Ok(outcome) => return wire::encode_publish_result(reference.as_deref(), &outcome),
-                Err(_) => "shutting_down",
-            },
-            Err(TrySendError::Full(_)) => "try_later",
-            Err(TrySendError::ShuttingDown(_)) => "shutting_down",
-            Err(TrySendError::Invalid { error, .. }) => {
-                return wire::encode_invalid_input(&error, reference.as_deref())
-            }
-        };
-        rejected(reference.as_deref(), reason)
+        let reference = reference.as_deref();
+        match publish_one(self.shared, request).await {
+            Published::Outcome(outcome) => wire::encode_publish_result(reference, &outcome),
+            Published::Invalid(e) => wire::encode_frame_error(&e),
+            Published::BadInput(e) => wire::encode_invalid_input(&e, reference),
+            Published::TryLater => rejected(reference, "try_later"),
+            Published::Stopping => rejected(reference, "shutting_down"),
+        }
     }
 }
 
