@@ -19,7 +19,9 @@ use std::collections::VecDeque;
 use crate::breaker::{BreakerState, Permit};
 use crate::config::{OverflowPolicy, UserLimits};
 use crate::loom::Arc;
-use crate::message::{Delivery, Message, MessageId, Priority, RejectReason, SendOutcome};
+use crate::message::{
+    Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart,
+};
 use crate::metrics::{Gauges, ShardRecorder, UserCounters};
 use crate::ring::outbox::{OutboxNotifier, OutboxSender};
 use crate::session::{
@@ -403,10 +405,11 @@ impl Mailbox {
     }
 
     /// Evicts the oldest messages of the least urgent bands that are no more urgent than
-    /// `priority` until `cost` more bytes fit; `None` (evicting nothing) if even evicting all
-    /// of them would not make room. A stream is evicted as a whole: it is aborted. If the
-    /// oldest candidate is a part of `own` (the incoming part's stream), the stream does not
-    /// fit: `None`, and the caller aborts it.
+    /// `priority` until `cost` more bytes fit; `None` (evicting nothing) if that cannot make
+    /// room. A stream is evicted as a whole: it is aborted. If the eviction would reach a
+    /// part of `own` (the incoming part's stream) before there is room, the stream does not
+    /// fit: `None`, and the caller aborts it. Whether it can succeed is decided first
+    /// (`can_evict_for`), so a failed attempt evicts nothing.
     fn evict_for(
         &mut self,
         limits: &UserLimits,
@@ -415,29 +418,19 @@ impl Mailbox {
         own: Option<&str>,
         cx: &mut Ctx<'_>,
     ) -> Option<u32> {
-        let lowest_eligible = priority.index();
-        let (mut n, mut bytes) = (0, 0);
-        for b in lowest_eligible..4 {
-            n += self.bands[b].len();
-            bytes += self.band_bytes[b];
-        }
-        let (held, held_bytes) = self.stream_held();
-        if self.queued + held - n + 1 > limits.max_messages
-            || self.queued_bytes + held_bytes - bytes + cost > limits.max_bytes
-        {
+        if !self.can_evict_for(limits, priority, cost, own) {
             return None;
         }
         let mut evicted = 0;
         while !self.fits(limits, cost) {
             let b = 7 - self.occupied.leading_zeros() as usize;
-            debug_assert!(b >= lowest_eligible);
+            debug_assert!(b >= priority.index());
             let front = &self.bands[b].front().expect("occupied band").message;
-            let stream = front
-                .is_stream_part()
-                .then(|| front.stream_part().expect("a part").stream());
-            if stream.is_some() && stream == own {
-                return None;
-            }
+            let stream = front.data_part().map(StreamPart::stream);
+            debug_assert!(
+                stream.is_none() || stream != own,
+                "can_evict_for stops before its own stream"
+            );
             let slot = stream.and_then(|id| self.streams.as_ref()?.slot_of(id));
             match slot {
                 Some(slot) => evicted += self.abort_slot(slot, AbortReason::Overflow, cx),
@@ -449,6 +442,64 @@ impl Mailbox {
             }
         }
         Some(evicted)
+    }
+
+    /// A dry run of `evict_for`'s loop, in the same order (least urgent band first, oldest
+    /// first; a stream part frees its whole stream: its queued parts and its held ones):
+    /// whether room for `cost` bytes is made before the loop would run out of eligible
+    /// messages or reach a part of `own`. Changes nothing.
+    fn can_evict_for(
+        &self,
+        limits: &UserLimits,
+        priority: Priority,
+        cost: usize,
+        own: Option<&str>,
+    ) -> bool {
+        let (held, held_bytes) = self.stream_held();
+        let (mut messages, mut bytes) = (self.queued + held, self.queued_bytes + held_bytes);
+        let fits = |messages: usize, bytes: usize| {
+            messages < limits.max_messages && bytes + cost <= limits.max_bytes
+        };
+        // Streams already counted as aborted; bounded by the per-user stream limit, and
+        // allocated only once a stream is met.
+        let mut aborted: Vec<u32> = Vec::new();
+        for b in (priority.index()..4).rev() {
+            for q in &self.bands[b] {
+                if fits(messages, bytes) {
+                    return true;
+                }
+                let stream = q.message.data_part().map(StreamPart::stream);
+                if stream.is_some() && stream == own {
+                    return false;
+                }
+                let streams = self.streams.as_deref();
+                let slot = stream.and_then(|id| streams?.slot_of(id));
+                match (slot, streams) {
+                    (Some(slot), Some(streams)) => {
+                        if aborted.contains(&slot) {
+                            continue;
+                        }
+                        aborted.push(slot);
+                        let s = streams.get(slot).expect("indexed streams exist");
+                        let (n, nb) = s.held();
+                        messages -= n;
+                        bytes -= nb;
+                        for p in self.bands[s.priority().index()]
+                            .iter()
+                            .filter(|p| is_part_of(&p.message, s))
+                        {
+                            messages -= 1;
+                            bytes -= p.message.cost();
+                        }
+                    }
+                    _ => {
+                        messages -= 1;
+                        bytes -= q.message.cost();
+                    }
+                }
+            }
+        }
+        fits(messages, bytes)
     }
 
     /// Takes a part of a stream (see `stream.rs`): refused, held back until the parts before

@@ -1013,3 +1013,72 @@ async fn the_memory_budget_judges_a_part_by_its_streams_priority() {
     assert!(got.iter().all(|d| d.priority() == Priority::Critical));
     assert_eq!(engine.metrics().counters.streams_aborted_memory_budget, 0);
 }
+
+#[tokio::test]
+async fn drop_oldest_evicts_nothing_when_it_cannot_make_room_for_a_stream() {
+    let engine = Engine::builder().shards(1).build().unwrap();
+    let u = user("wasted");
+    let caps = UserLimits {
+        max_messages: 100,
+        max_bytes: 100,
+        overflow: OverflowPolicy::DropOldest,
+    };
+    engine.set_user_limits(&u, Some(caps)).await.unwrap();
+    // A Low message, then two 40-byte parts of a Normal stream: 90 of 100 bytes.
+    engine
+        .send(
+            &u,
+            Message::new(vec![b'x'; 10]).with_priority(Priority::Low),
+        )
+        .await
+        .unwrap();
+    for i in 0..2 {
+        engine
+            .send(&u, part("s", i, false, vec![b's'; 40]))
+            .await
+            .unwrap();
+    }
+    // Part 2 needs 40 more: evicting the Low message frees 10, not enough, and the next
+    // oldest candidate is the stream's own part 0. The stream ends; the Low message stays.
+    let o = engine
+        .send_confirmed(&u, part("s", 2, true, vec![b's'; 40]))
+        .await
+        .unwrap();
+    assert_eq!(o, SendOutcome::Rejected(RejectReason::Dropped));
+    let mut s = engine.connect(&u, None).await.unwrap();
+    assert_eq!(
+        s.info().missed.evicted,
+        3,
+        "the stream's three parts, no more"
+    );
+    let marker = recv(&mut s).await;
+    assert_eq!(
+        marker.stream_part().unwrap().abort_reason(),
+        Some(&AbortReason::Overflow)
+    );
+    let low = recv(&mut s).await;
+    assert_eq!(low.payload().len(), 10, "the Low message was not evicted");
+    assert_nothing_more(&engine, &mut s).await;
+
+    // When evicting others does make room, it still happens.
+    let v = user("room");
+    engine.set_user_limits(&v, Some(caps)).await.unwrap();
+    engine
+        .send(
+            &v,
+            Message::new(vec![b'x'; 30]).with_priority(Priority::Low),
+        )
+        .await
+        .unwrap();
+    for i in 0..2 {
+        engine
+            .send(&v, part("s", i, false, vec![b's'; 30]))
+            .await
+            .unwrap();
+    }
+    let o = engine
+        .send_confirmed(&v, part("s", 2, true, vec![b's'; 30]))
+        .await
+        .unwrap();
+    assert_eq!(o, SendOutcome::Queued { evicted: 1 });
+}
