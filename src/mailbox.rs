@@ -1223,7 +1223,11 @@ impl Mailbox {
             wheel.cancel(timer);
         }
         if let Some(streams) = self.streams.as_ref() {
+            // Open streams end with their mailbox: counted as aborted, so started =
+            // completed + aborted + open holds (abort markers still queued were counted when
+            // their stream was aborted).
             rec.gauges.streams_open -= streams.open_count() as u64;
+            rec.counters.streams_aborted_mailbox_removed += streams.open_count() as u64;
             for s in streams.iter() {
                 if let Some((timer, _)) = s.timer {
                     wheel.cancel(timer);

@@ -78,6 +78,7 @@ metric_set! {
         streams_aborted_overflow: "Streams aborted because the mailbox could not keep them.",
         streams_aborted_memory_budget: "Streams aborted because the memory budget refused a part.",
         streams_aborted_producer: "Streams aborted by their producer.",
+        streams_aborted_mailbox_removed: "Streams still open when their mailbox was removed (no marker: no one is left to receive it).",
         streams_resumed: "Streams in the middle of delivery when a new session attached.",
     }
 }
@@ -542,6 +543,10 @@ impl MetricsSnapshot {
                     c.streams_aborted_memory_budget,
                 ),
                 ("{reason=\"producer\"}", c.streams_aborted_producer),
+                (
+                    "{reason=\"mailbox_removed\"}",
+                    c.streams_aborted_mailbox_removed,
+                ),
             ],
         );
         counter(

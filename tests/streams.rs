@@ -1082,3 +1082,47 @@ async fn drop_oldest_evicts_nothing_when_it_cannot_make_room_for_a_stream() {
         .unwrap();
     assert_eq!(o, SendOutcome::Queued { evicted: 1 });
 }
+
+fn streams_aborted(c: &tether::Counters) -> u64 {
+    c.streams_aborted_timeout
+        + c.streams_aborted_expired
+        + c.streams_aborted_overflow
+        + c.streams_aborted_memory_budget
+        + c.streams_aborted_producer
+        + c.streams_aborted_mailbox_removed
+}
+
+#[tokio::test]
+async fn streams_open_when_their_mailbox_is_removed_are_counted_as_aborted() {
+    let clock = Clock::manual();
+    let engine = Engine::builder()
+        .shards(1)
+        .clock(clock.clone())
+        .keep_away_mailboxes(Duration::from_secs(1), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let u = user("gone");
+    // Two open streams (one holding a part back) and one aborted by its producer.
+    for (name, i) in [("a", 0), ("a", 2), ("b", 0), ("c", 0)] {
+        engine.send(&u, part(name, i, false, "x")).await.unwrap();
+    }
+    assert!(engine.abort_stream(&u, "c", "cancelled").await.unwrap());
+    engine.barrier().await;
+    let m = engine.metrics();
+    assert_eq!((m.counters.streams_started, m.gauges.streams_open), (3, 2));
+    // Nobody connects: the mailbox is removed with everything in it.
+    advance(&engine, &clock, 1_000).await;
+    let m = engine.metrics();
+    let c = &m.counters;
+    assert_eq!(c.mailboxes_removed, 1);
+    assert_eq!(m.gauges.streams_open, 0);
+    assert_eq!(c.streams_aborted_mailbox_removed, 2);
+    assert_eq!(
+        c.streams_started,
+        c.streams_completed + streams_aborted(c) + m.gauges.streams_open,
+        "started = completed + aborted + open"
+    );
+    assert!(m
+        .to_prometheus()
+        .contains("tether_streams_aborted_total{reason=\"mailbox_removed\"} 2"));
+}
