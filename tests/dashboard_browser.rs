@@ -380,16 +380,55 @@ async fn off_loopback_the_data_needs_the_api_key_in_a_header() {
     assert_eq!(status, 200);
 }
 
+#[tokio::test]
+async fn through_a_proxy_on_this_machine_the_data_needs_the_api_key() {
+    // A reverse proxy on the same machine connects from loopback and may send a loopback
+    // Host (nginx's default is the upstream's address): its proxy headers give it away.
+    let server = server_on_loopback().await;
+    let local = server.local_addr().to_string();
+    let auth = format!("Authorization: Bearer {API_KEY}");
+    for proxy in [
+        "Forwarded: for=203.0.113.7;proto=https",
+        "X-Forwarded-For: 203.0.113.7",
+        "X-Forwarded-Host: tether.example.com",
+        "X-Forwarded-Proto: https",
+        "X-Real-IP: 203.0.113.7",
+    ] {
+        let (status, _) = raw_get_with(&local, "/api/dashboard", &local, &[proxy]).await;
+        assert_eq!(status, 401, "{proxy}");
+        let (status, _) = raw_get_with(&local, "/api/dashboard", &local, &[proxy, &auth]).await;
+        assert_eq!(status, 200, "{proxy} with the key");
+    }
+    let (status, _) = raw_get_with(&local, "/api/dashboard", &local, &[""; 0]).await;
+    assert_eq!(status, 200, "direct, no proxy header");
+    // `[::1]` followed by anything but a port is not a loopback Host.
+    let (status, _) = raw_get(&local, "/api/dashboard", "[::1].evil.example", None).await;
+    assert_ne!(status, 200);
+    server.shutdown().await;
+}
+
 async fn server_on_loopback() -> Server {
     server(&["--dashboard"]).await
 }
 
 /// `GET path` with this `Host`: status and response head.
 async fn raw_get(addr: &str, path: &str, host: &str, auth: Option<&str>) -> (u16, String) {
+    let auth = auth.map(|a| format!("Authorization: {a}"));
+    raw_get_with(addr, path, host, auth.as_slice()).await
+}
+
+/// `GET path` with this `Host` and these header lines: status and response head.
+async fn raw_get_with(
+    addr: &str,
+    path: &str,
+    host: &str,
+    headers: &[impl AsRef<str>],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    if let Some(a) = auth {
-        req.push_str(&format!("Authorization: {a}\r\n"));
+    for h in headers {
+        req.push_str(h.as_ref());
+        req.push_str("\r\n");
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();

@@ -14,12 +14,19 @@
 //! message rates and latency percentiles over that interval. A background task takes the
 //! samples (only when the dashboard is on), so a page opened now shows the last minutes.
 //!
-//! Access: when the server listens on a loopback address and the request's `Host` names a
-//! loopback host, the data is served without credentials; otherwise it needs the API key as
-//! `Authorization: Bearer <key>`, which the page asks for once and keeps in the tab's
-//! `sessionStorage`, never in a URL. Checking `Host` too keeps a web page from reading the
-//! data through DNS rebinding (a name of the attacker's that resolves to 127.0.0.1). The page
-//! itself holds no data and is served to anyone who can reach the port.
+//! Access: when the server listens on a loopback address, the request's `Host` names a
+//! loopback host and the request carries no proxy header (`Forwarded`, `X-Forwarded-For`,
+//! `X-Forwarded-Host`, `X-Forwarded-Proto`, `X-Real-IP`), the data is served without
+//! credentials; otherwise it needs the API key as `Authorization: Bearer <key>`, which the
+//! page asks for once and keeps in the tab's `sessionStorage`, never in a URL. Checking
+//! `Host` keeps a web page from reading the data through DNS rebinding (a name of the
+//! attacker's that resolves to 127.0.0.1); checking the proxy headers keeps a reverse proxy
+//! on the same machine (which connects from loopback and, like nginx by default, may send
+//! `Host: 127.0.0.1:7700`) from handing the data to whoever reaches the proxy. A proxy that
+//! adds none of those headers cannot be told from a local client, so a proxy in front of the
+//! dashboard must add one (nginx: `proxy_set_header X-Forwarded-For
+//! $proxy_add_x_forwarded_for;`). The page itself holds no data and is served to anyone who
+//! can reach the port.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -379,8 +386,8 @@ pub(crate) async fn data(
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "the dashboard's data needs `Authorization: Bearer <api key>` when the server \
-             does not listen on loopback",
+            "the dashboard's data needs `Authorization: Bearer <api key>` unless the server \
+             listens on loopback and the request is local (a loopback Host, no proxy headers)",
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -398,15 +405,10 @@ pub(crate) async fn data(
     r
 }
 
-/// Whether a request may read the data: always with the API key; without it only on a
-/// loopback listener, asked for by a loopback host name.
+/// Whether a request may read the data: always with the API key; without it only as
+/// [`local_request`] says.
 fn allowed(headers: &HeaderMap, shared: &Shared) -> bool {
-    let local = shared.config.listen.ip().is_loopback()
-        && headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(is_loopback_host);
-    local
+    local_request(headers, shared.config.listen.ip())
         || shared.api_key.check(
             headers
                 .get(header::AUTHORIZATION)
@@ -414,17 +416,41 @@ fn allowed(headers: &HeaderMap, shared: &Shared) -> bool {
         )
 }
 
+/// Headers a proxy adds: a request with any of them came through a proxy, whatever its
+/// `Host` says and wherever its connection comes from.
+const PROXY_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// Whether a request counts as local, so needs no key: the server listens on loopback, the
+/// `Host` names a loopback host, and no proxy header is present.
+fn local_request(headers: &HeaderMap, listen: std::net::IpAddr) -> bool {
+    listen.is_loopback()
+        && !PROXY_HEADERS.iter().any(|name| headers.contains_key(*name))
+        && headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(is_loopback_host)
+}
+
 /// Whether a `Host` header value (`name[:port]`, `[v6][:port]`) names this machine's
 /// loopback: `localhost` (or a name under `.localhost`, RFC 6761) or a loopback IP.
 fn is_loopback_host(host: &str) -> bool {
+    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     let name = if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]`, optionally followed by `:port` and nothing else.
         match rest.split_once(']') {
-            Some((v6, _)) => v6,
-            None => return false,
+            Some((v6, "")) => v6,
+            Some((v6, after)) if after.strip_prefix(':').is_some_and(is_port) => v6,
+            _ => return false,
         }
     } else {
         match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some((name, port)) if is_port(port) => name,
             _ => host,
         }
     };
@@ -632,8 +658,41 @@ mod tests {
             "[::1",
             "127.0.0.1.nip.io",
             "evil-localhost:7700",
+            "[::1].evil.example",
+            "[::1]evil",
+            "[::1]:",
+            "[::1]:7700x",
+            "[::1]:7700:1",
+            "[::1]]",
         ] {
             assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_proxied_request_is_never_local() {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, HeaderValue::from_static(value));
+            }
+            h
+        };
+        let host = ("host", "127.0.0.1:7700");
+        assert!(local_request(&with(&[host]), loopback));
+        assert!(!local_request(&with(&[host]), [0, 0, 0, 0].into()));
+        assert!(!local_request(&with(&[]), loopback), "no Host");
+        for proxy in [
+            ("forwarded", "for=203.0.113.7"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-host", "tether.example.com"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "203.0.113.7"),
+            // Even one that claims loopback: the proxy cannot be trusted to say so.
+            ("x-forwarded-for", "127.0.0.1"),
+        ] {
+            assert!(!local_request(&with(&[host, proxy]), loopback), "{proxy:?}");
         }
     }
 
