@@ -407,6 +407,116 @@ async fn through_a_proxy_on_this_machine_the_data_needs_the_api_key() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_the_page_cannot_draw_shows_an_error_and_polling_goes_on() {
+    let chromium = chromium();
+    let real = server(&["--dashboard"]).await;
+    let good = dashboard_json(&real).await;
+    // Not a list where the page expects one: drawing it throws.
+    let mut bad = good.clone();
+    bad["breakers"]["open_sessions"] = Value::from(5);
+    let fake = FakeDashboard::start(&real, vec![bad, good]).await;
+    let url = format!("http://{}/dashboard", fake.addr);
+    let dom = run_chromium(
+        &chromium,
+        &[
+            format!("--virtual-time-budget={VIRTUAL_BUDGET_MS}"),
+            "--dump-dom".into(),
+        ],
+        &url,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let page = Dom(&stdout);
+    let polled = fake.data_requests.load(Ordering::Relaxed);
+    // Before the fix the exception skipped the next poll: one request, and "connecting…".
+    assert!(
+        polled >= 3,
+        "the page kept polling: {polled} requests; {}",
+        dom.describe()
+    );
+    assert_eq!(page.number::<u32>("<body", "data-errors"), 1, "{stdout}");
+    assert_eq!(
+        page.attr("<body", "data-state").as_deref(),
+        Some("ok"),
+        "{stdout}"
+    );
+    fake.task.abort();
+    real.shutdown().await;
+}
+
+/// A stand-in for the server on 127.0.0.1:0: the real page (with the real server's CSP) at
+/// `/dashboard`, and `/api/dashboard` answering the given bodies in turn, the last one for
+/// every later request.
+struct FakeDashboard {
+    addr: std::net::SocketAddr,
+    data_requests: std::sync::Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeDashboard {
+    async fn start(real: &Server, bodies: Vec<Value>) -> FakeDashboard {
+        let page = http(real, "GET", "/dashboard", None, "").await;
+        let csp = page
+            .header("content-security-policy")
+            .expect("a CSP")
+            .to_owned();
+        let html = std::sync::Arc::new(page.body);
+        let bodies: std::sync::Arc<Vec<String>> =
+            std::sync::Arc::new(bodies.iter().map(Value::to_string).collect());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data_requests = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = data_requests.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (html, csp, bodies, count) =
+                    (html.clone(), csp.clone(), bodies.clone(), count.clone());
+                conns.spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head);
+                    let path = head.split(' ').nth(1).unwrap_or("");
+                    let (status, kind, body, extra) = if path == "/dashboard" {
+                        let extra = format!("Content-Security-Policy: {csp}\r\n");
+                        (
+                            200,
+                            "text/html; charset=utf-8",
+                            html.as_str().to_owned(),
+                            extra,
+                        )
+                    } else if path.starts_with("/api/dashboard") {
+                        let n = count.fetch_add(1, Ordering::Relaxed);
+                        let body = bodies[n.min(bodies.len() - 1)].clone();
+                        (200, "application/json", body, String::new())
+                    } else {
+                        (404, "text/plain", "not found".to_owned(), String::new())
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+                         Cache-Control: no-store\r\n{extra}Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(response.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        FakeDashboard {
+            addr,
+            data_requests,
+            task,
+        }
+    }
+}
+
 async fn server_on_loopback() -> Server {
     server(&["--dashboard"]).await
 }
