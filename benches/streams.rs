@@ -6,15 +6,24 @@
 //! acknowledged and stored), and the connection dies. What is timed is the recovery: from the
 //! reconnect to the arrival of part 30, the first part the client never received.
 //!
+//! When the connection dies the engine has the whole window in flight: parts 28..=43 (16
+//! parts), delivered and unacknowledged, of which the client had read only 28 and 29.
+//!
 //! - `tether_resume`: the client reconnects with its resume point (the last acknowledged seq);
-//!   the engine sends the unacknowledged parts 28 and 29 again, then part 30.
+//!   the engine sends its whole in-flight window again with the original seqs (parts
+//!   28..=43, counted in `redelivered`). The client receives parts 28 and 29 a second time,
+//!   then part 30; 31..=43 it had never read.
 //! - `naive_restart`: the producer starts the stream over under a new id (the design without
 //!   stream state or acks); the client reconnects fresh and must receive and skip parts 0..29
-//!   again before part 30 arrives. Through the same engine, so only the design differs.
+//!   again before part 30 arrives. The engine sends again every part it had delivered before
+//!   (0..=43, as new messages: `redelivered` does not count them). Through the same engine, so
+//!   only the design differs.
 //!
-//! Bytes the client receives again are counted in a checked run before measuring and printed:
-//! 2 parts (128 KiB) for the resume, 30 parts (1.875 MiB) for the restart. After each timed
-//! recovery the rest of the stream is read and acknowledged (untimed), so nothing piles up.
+//! Counted in a checked run before measuring, and printed: what the client receives again
+//! (parts it had read before: 2 for the resume, 30 for the restart) and what the engine sends
+//! again (parts it had delivered before: 16 for the resume, the `redelivered` counter; 44 for
+//! the restart). After each timed recovery the rest of the stream is read and acknowledged
+//! (untimed), so nothing piles up.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +37,17 @@ const PARTS: u32 = 64;
 const READ: u32 = 30;
 /// Parts it had acknowledged (every 4th, up to the 28th).
 const ACKED: u32 = 28;
+/// The engine's delivery window: parts `ACKED..ACKED + WINDOW` are in flight at the break.
+const WINDOW: u32 = 16;
+
+/// One recovery: the time to part `READ`, and what was sent again, in bytes.
+struct Recovery {
+    took: Duration,
+    /// Parts the client had read before the break and receives again.
+    client_again: usize,
+    /// Parts the engine had delivered before the break and delivers again.
+    engine_again: usize,
+}
 const HANG: Duration = Duration::from_secs(30);
 
 fn content() -> Bytes {
@@ -77,25 +97,31 @@ async fn interrupted(engine: &Engine, content: &Bytes, user: &UserId) -> ResumeP
     resume
 }
 
-/// Reads the rest of the stream `stream` and acknowledges it.
-async fn finish(engine: &Engine, s: &mut Session, stream: &str) {
+/// Reads the rest of the stream `stream` and acknowledges it. Returns the bytes of its parts
+/// with an index below `below`.
+async fn finish(engine: &Engine, s: &mut Session, stream: &str, below: u32) -> usize {
+    let mut bytes = 0;
     loop {
         let d = next(s).await;
         s.ack(d.seq()).unwrap();
         let p = d.stream_part().unwrap();
+        if p.stream() == stream && p.abort_reason().is_none() && p.index() < below {
+            bytes += d.payload().len();
+        }
         if p.stream() == stream && p.is_last() {
             break;
         }
     }
     engine.barrier().await;
+    bytes
 }
 
-/// The timed recovery with resume. Returns (time to part `READ`, bytes received again).
-async fn tether_resume(engine: &Engine, content: &Bytes, user: &UserId) -> (Duration, usize) {
+/// The timed recovery with resume.
+async fn tether_resume(engine: &Engine, content: &Bytes, user: &UserId) -> Recovery {
     let resume = interrupted(engine, content, user).await;
     let start = Instant::now();
     let mut s = engine.connect(user, Some(resume)).await.unwrap();
-    let mut again = 0;
+    let mut client_again = 0;
     loop {
         let d = next(&mut s).await;
         let i = d.stream_part().unwrap().index();
@@ -103,16 +129,22 @@ async fn tether_resume(engine: &Engine, content: &Bytes, user: &UserId) -> (Dura
             assert_eq!(i, READ);
             let took = start.elapsed();
             s.ack(d.seq()).unwrap();
-            finish(engine, &mut s, "answer").await;
-            return (took, again);
+            finish(engine, &mut s, "answer", 0).await;
+            // Everything the new session got again, with its original seq.
+            let engine_again = s.info().redelivered * PART;
+            return Recovery {
+                took,
+                client_again,
+                engine_again,
+            };
         }
         assert!(i >= ACKED, "an acknowledged part came again");
-        again += d.payload().len();
+        client_again += d.payload().len();
     }
 }
 
-/// The timed recovery by restart. Returns (time to part `READ`, bytes received again).
-async fn naive_restart(engine: &Engine, content: &Bytes, user: &UserId) -> (Duration, usize) {
+/// The timed recovery by restart.
+async fn naive_restart(engine: &Engine, content: &Bytes, user: &UserId) -> Recovery {
     let mut resume = interrupted(engine, content, user).await;
     // Without acks nothing of the old stream is kept: drop its undelivered parts and count
     // everything handed out as gone, so only the restarted stream flows after the reconnect.
@@ -121,6 +153,12 @@ async fn naive_restart(engine: &Engine, content: &Bytes, user: &UserId) -> (Dura
         .await
         .unwrap();
     resume.last_seq = engine.mailbox_stats(user).await.unwrap().next_seq - 1;
+    // Parts 0..delivered had been handed out; the restart hands them out again.
+    let delivered = engine
+        .stream_status(user, "answer")
+        .await
+        .unwrap()
+        .delivered;
     let start = Instant::now();
     let mut s = engine.connect(user, Some(resume)).await.unwrap();
     let producer = {
@@ -134,7 +172,7 @@ async fn naive_restart(engine: &Engine, content: &Bytes, user: &UserId) -> (Dura
             }
         })
     };
-    let mut again = 0;
+    let (mut client_again, mut engine_again) = (0, 0);
     let took = loop {
         let d = next(&mut s).await;
         let Some(p) = d.stream_part().filter(|p| p.stream() == "again") else {
@@ -143,13 +181,20 @@ async fn naive_restart(engine: &Engine, content: &Bytes, user: &UserId) -> (Dura
         };
         s.ack(d.seq()).unwrap();
         if p.index() == READ {
-            break start.elapsed();
+            let took = start.elapsed();
+            engine_again += d.payload().len();
+            break took;
         }
-        again += d.payload().len();
+        client_again += d.payload().len();
+        engine_again += d.payload().len();
     };
     producer.await.unwrap();
-    finish(engine, &mut s, "again").await;
-    (took, again)
+    engine_again += finish(engine, &mut s, "again", delivered).await;
+    Recovery {
+        took,
+        client_again,
+        engine_again,
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -171,12 +216,29 @@ fn bench(c: &mut Criterion) {
     let mut users = (0u64..).map(|i| UserId::new(format!("u{i}")).unwrap());
 
     // Checked runs: what each design sends again.
-    let (_, resumed) = rt.block_on(tether_resume(&engine, &content, &users.next().unwrap()));
-    let (_, restarted) = rt.block_on(naive_restart(&engine, &content, &users.next().unwrap()));
-    assert_eq!(resumed, (READ - ACKED) as usize * PART);
-    assert_eq!(restarted, READ as usize * PART);
+    let redelivered = || {
+        rt.block_on(async {
+            engine.barrier().await;
+            engine.metrics().counters.redelivered
+        })
+    };
+    let before = redelivered();
+    let resumed = rt.block_on(tether_resume(&engine, &content, &users.next().unwrap()));
+    let resumed_counter = redelivered() - before;
+    let restarted = rt.block_on(naive_restart(&engine, &content, &users.next().unwrap()));
+    assert_eq!(resumed.client_again, (READ - ACKED) as usize * PART);
+    assert_eq!(resumed.engine_again, WINDOW as usize * PART, "the window");
+    assert_eq!(resumed_counter, u64::from(WINDOW));
+    assert_eq!(restarted.client_again, READ as usize * PART);
+    assert_eq!(restarted.engine_again, (ACKED + WINDOW) as usize * PART);
     println!(
-        "bytes received again after the break: tether_resume {resumed}, naive_restart {restarted}"
+        "bytes the client receives again: tether_resume {}, naive_restart {}",
+        resumed.client_again, restarted.client_again
+    );
+    println!(
+        "bytes the engine sends again: tether_resume {} (redelivered +{resumed_counter}), \
+         naive_restart {}",
+        resumed.engine_again, restarted.engine_again
     );
 
     let mut g = c.benchmark_group("streams/resume_4mib_at_half");
@@ -186,7 +248,7 @@ fn bench(c: &mut Criterion) {
             (0..iters)
                 .map(|_| {
                     let user = users.next().unwrap();
-                    rt.block_on(tether_resume(&engine, &content, &user)).0
+                    rt.block_on(tether_resume(&engine, &content, &user)).took
                 })
                 .sum()
         })
@@ -197,13 +259,13 @@ fn bench(c: &mut Criterion) {
             (0..iters)
                 .map(|_| {
                     let user = users.next().unwrap();
-                    rt.block_on(naive_restart(&engine, &content, &user)).0
+                    rt.block_on(naive_restart(&engine, &content, &user)).took
                 })
                 .sum()
         })
     });
     g.finish();
-    assert!(engine.memory_used() <= (16 * PART) as u64 * 2);
+    assert!(engine.memory_used() <= (WINDOW as usize * PART) as u64 * 2);
 }
 
 criterion_group!(benches, bench);
