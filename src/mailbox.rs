@@ -743,15 +743,18 @@ impl Mailbox {
         reason: AbortReason,
         cx: &mut Ctx<'_>,
     ) -> bool {
+        let (now, keep_ms) = (cx.now, cx.streams.timeout_ms);
         let open = self
             .streams
             .as_ref()
             .is_some_and(|s| s.slot_of(&id).is_some());
-        if open
-            || self
-                .stream_status(&id, cx.now, cx.streams.timeout_ms)
-                .is_none()
-        {
+        let known = self.streams.as_mut().is_some_and(|s| {
+            s.forget_finished(now, keep_ms);
+            s.is_known(&id)
+        });
+        // An open stream is aborted; an unknown one is remembered as aborted; a finished one
+        // keeps the record of how it ended.
+        if open || !known {
             self.end_stream(id, reason, cx);
         }
         if open {

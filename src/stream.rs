@@ -370,6 +370,11 @@ impl Streams {
         }
     }
 
+    /// Whether stream `id` is open or remembered as finished.
+    pub(crate) fn is_known(&self, id: &str) -> bool {
+        self.slot_of(id).is_some() || self.finished(id).is_some()
+    }
+
     fn finished(&self, id: &str) -> Option<&Finished> {
         self.finished.iter().rev().find(|f| &*f.id == id)
     }
