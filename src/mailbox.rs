@@ -1327,12 +1327,12 @@ impl Mailbox {
                 let b = s.priority().index();
                 let idx: Vec<u32> = self.bands[b]
                     .iter()
-                    .filter(|q| is_part_of(&q.message, &s))
+                    .filter(|q| is_part_of(&q.message, s))
                     .map(|q| q.message.stream_part().expect("a part").index())
                     .collect();
                 assert!(idx.windows(2).all(|w| w[0] + 1 == w[1]), "{idx:?}");
                 for other in (0..4).filter(|&o| o != b) {
-                    assert!(!self.bands[other].iter().any(|q| is_part_of(&q.message, &s)));
+                    assert!(!self.bands[other].iter().any(|q| is_part_of(&q.message, s)));
                 }
             }
         }
