@@ -255,13 +255,82 @@ pub(crate) async fn sampler(shared: Weak<Shared>) {
 // ---------------------------------------------------------------------------------------
 // Sessions whose circuit breaker is not closed.
 
-/// The users whose session's breaker opened and has not closed since, with when it opened.
-/// Touched only on breaker transitions (rare), and bounded.
+/// The users whose session's breaker opened and has not closed since, with when it opened
+/// and when its current cooldown ends. Touched only on breaker transitions (rare), and
+/// bounded.
 #[derive(Default)]
 pub(crate) struct OpenBreakers {
-    open: Mutex<HashMap<UserId, (u64, SystemTime)>>,
+    open: Mutex<HashMap<UserId, Tracked>>,
     next_connection: AtomicU64,
 }
+
+/// One listed session.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    /// The connection that listed it.
+    connection: u64,
+    /// When the breaker first opened (a failed trial keeps it).
+    since: SystemTime,
+    /// When the current cooldown ends, in engine milliseconds (from the last opening).
+    until_ms: u64,
+}
+
+/// A listed session's breaker state. The registry sees the openings and closings (the
+/// connection's task reports them) but not the start of a trial, which the shard worker makes
+/// once the cooldown is over and a message can go out (never while the delivery window is
+/// full). So a session is HalfOpen only when that is certain: its cooldown is over and the
+/// engine counts at least as many half-open breakers as there are tracked sessions past their
+/// cooldown (a half-open breaker is always one of those). Otherwise it is Open; the engine's
+/// counts of open and half-open breakers are exact either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListedState {
+    Open,
+    HalfOpen,
+}
+
+impl ListedState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ListedState::Open => "open",
+            ListedState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// One entry of [`OpenBreakers::list`].
+#[derive(Debug, Clone)]
+struct Listed {
+    user: UserId,
+    since: SystemTime,
+    state: ListedState,
+}
+
+/// Orders entries oldest first (then by name, so the order is total) in the bounded heap of
+/// [`OpenBreakers::list`].
+struct ByAge<'a>(&'a UserId, &'a Tracked);
+
+impl Ord for ByAge<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.1
+            .since
+            .cmp(&other.1.since)
+            .then_with(|| self.0.as_str().cmp(other.0.as_str()))
+    }
+}
+
+impl PartialOrd for ByAge<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for ByAge<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for ByAge<'_> {}
 
 impl OpenBreakers {
     /// A watch for one connection's breaker: feed it every transition the session reports;
@@ -274,18 +343,42 @@ impl OpenBreakers {
         }
     }
 
-    /// At most `max` entries, oldest first, and how many there are.
-    fn list(&self, max: usize) -> (Vec<(UserId, SystemTime)>, usize) {
+    /// The `max` oldest entries, oldest first, and how many there are; each with its state
+    /// (see [`ListedState`]) at engine time `now_ms`, with `half_open` the engine's count of
+    /// half-open breakers. A heap of at most `max + 1` entries picks them, so a poll costs one
+    /// pass over the registry and clones only what it lists.
+    fn list(&self, max: usize, now_ms: u64, half_open: u64) -> (Vec<Listed>, usize) {
         let open = lock(&self.open);
-        let mut all: Vec<_> = open
-            .iter()
-            .map(|(user, (_, since))| (user.clone(), *since))
+        let total = open.len();
+        // A max-heap: its top is the youngest of the oldest `max` seen so far.
+        let mut oldest = std::collections::BinaryHeap::with_capacity(max.min(total) + 1);
+        let mut cooled = 0u64;
+        for (user, tracked) in open.iter() {
+            cooled += u64::from(now_ms >= tracked.until_ms);
+            if max > 0 {
+                oldest.push(ByAge(user, tracked));
+                if oldest.len() > max {
+                    oldest.pop();
+                }
+            }
+        }
+        // Every tracked session past its cooldown is in its trial (all of them, when the
+        // registry is not full, hold every half-open breaker there is).
+        let all_cooled_in_trial = half_open > 0 && half_open >= cooled && total < MAX_TRACKED;
+        let listed = oldest
+            .into_sorted_vec()
+            .into_iter()
+            .map(|ByAge(user, t)| Listed {
+                user: user.clone(),
+                since: t.since,
+                state: if all_cooled_in_trial && now_ms >= t.until_ms {
+                    ListedState::HalfOpen
+                } else {
+                    ListedState::Open
+                },
+            })
             .collect();
-        drop(open);
-        let total = all.len();
-        all.sort_unstable_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
-        all.truncate(max);
-        (all, total)
+        (listed, total)
     }
 }
 
@@ -299,25 +392,40 @@ pub(crate) struct BreakerWatch<'a> {
 
 impl BreakerWatch<'_> {
     /// Notes what a `report_delivery_*` call returned: an opening lists the user (since now;
-    /// a failed trial that opens it again keeps the first time), a closing unlists it.
+    /// a failed trial that opens it again keeps the first time and takes the new cooldown),
+    /// a closing unlists it.
     pub(crate) fn saw(&mut self, transition: Option<Transition>, user: &UserId) {
         match transition {
-            Some(Transition::Opened { .. }) if self.listed.is_none() => {
+            Some(Transition::Opened { until_ms }) => {
                 let mut open = lock(&self.registry.open);
-                if open.len() < MAX_TRACKED || open.contains_key(user) {
-                    open.insert(user.clone(), (self.connection, SystemTime::now()));
+                if self.listed.is_some() {
+                    if let Some(t) = open.get_mut(user) {
+                        if t.connection == self.connection {
+                            t.until_ms = until_ms;
+                        }
+                    }
+                } else if open.len() < MAX_TRACKED || open.contains_key(user) {
+                    let tracked = Tracked {
+                        connection: self.connection,
+                        since: SystemTime::now(),
+                        until_ms,
+                    };
+                    open.insert(user.clone(), tracked);
                     self.listed = Some(user.clone());
                 }
             }
             Some(Transition::Closed) => self.unlist(),
-            _ => {}
+            None => {}
         }
     }
 
     fn unlist(&mut self) {
         if let Some(user) = self.listed.take() {
             let mut open = lock(&self.registry.open);
-            if open.get(&user).is_some_and(|(c, _)| *c == self.connection) {
+            if open
+                .get(&user)
+                .is_some_and(|t| t.connection == self.connection)
+            {
                 open.remove(&user);
             }
         }
@@ -524,14 +632,19 @@ async fn snapshot_json(shared: &Shared, since: u64) -> String {
     let (c, g) = (&m.counters, &m.gauges);
     let now = SystemTime::now();
     let now_ms = unix_ms(now);
-    let (open, open_tracked) = dash.breakers.list(MAX_LISTED);
+    let (open, open_tracked) = dash.breakers.list(
+        MAX_LISTED,
+        engine.config().clock.now_ms(),
+        g.breakers_half_open,
+    );
     let open_sessions: Vec<_> = open
         .iter()
-        .map(|(user, since)| {
+        .map(|o| {
             json!({
-                "user": user.as_str(),
-                "since_ms": unix_ms(*since),
-                "open_for_ms": now.duration_since(*since).map_or(0, |d| d.as_millis() as u64),
+                "user": o.user.as_str(),
+                "state": o.state.as_str(),
+                "since_ms": unix_ms(o.since),
+                "open_for_ms": now.duration_since(o.since).map_or(0, |d| d.as_millis() as u64),
             })
         })
         .collect();
@@ -730,24 +843,93 @@ mod tests {
         let opened = Some(Transition::Opened { until_ms: 1 });
         let mut first = registry.watch();
         first.saw(None, &ann);
-        assert_eq!(registry.list(10).1, 0);
+        assert_eq!(registry.list(10, 0, 0).1, 0);
         first.saw(opened, &ann);
-        let (listed, n) = registry.list(10);
-        assert_eq!((listed[0].0.as_str(), n), ("ann", 1));
-        let since = listed[0].1;
+        let (listed, n) = registry.list(10, 0, 0);
+        assert_eq!((listed[0].user.as_str(), n), ("ann", 1));
+        let since = listed[0].since;
         first.saw(Some(Transition::Opened { until_ms: 2 }), &ann); // a failed trial
-        assert_eq!(registry.list(10).0[0].1, since);
+        assert_eq!(registry.list(10, 0, 0).0[0].since, since);
         first.saw(Some(Transition::Closed), &ann);
-        assert_eq!(registry.list(10).1, 0);
+        assert_eq!(registry.list(10, 0, 0).1, 0);
 
         // A newer connection of the same user owns the entry: the old one's end keeps it.
         first.saw(opened, &ann);
         let mut second = registry.watch();
         second.saw(opened, &ann);
         drop(first);
-        assert_eq!(registry.list(10).1, 1);
+        assert_eq!(registry.list(10, 0, 0).1, 1);
         drop(second);
-        assert_eq!(registry.list(10).1, 0);
+        assert_eq!(registry.list(10, 0, 0).1, 0);
+    }
+
+    #[test]
+    fn a_listed_session_is_half_open_only_when_its_trial_is_certain() {
+        let registry = OpenBreakers::default();
+        let (bob, cy) = (UserId::new("bob").unwrap(), UserId::new("cy").unwrap());
+        let mut watch = registry.watch();
+        watch.saw(Some(Transition::Opened { until_ms: 1000 }), &bob);
+        let state = |user: &UserId, now_ms, half_open| {
+            let (listed, _) = registry.list(10, now_ms, half_open);
+            listed.iter().find(|l| &l.user == user).unwrap().state
+        };
+        // Cooling down: open, whatever the engine counts.
+        assert_eq!(state(&bob, 999, 1), ListedState::Open);
+        // Past the cooldown with no trial anywhere (a full window lets no trial start).
+        assert_eq!(state(&bob, 1000, 0), ListedState::Open);
+        // Past the cooldown and the engine has a half-open breaker: it can only be bob's.
+        assert_eq!(state(&bob, 1000, 1), ListedState::HalfOpen);
+        // The trial failed: open again, with the new cooldown, since the first opening.
+        let since = registry.list(10, 0, 0).0[0].since;
+        watch.saw(Some(Transition::Opened { until_ms: 5000 }), &bob);
+        assert_eq!(state(&bob, 1000, 1), ListedState::Open);
+        assert_eq!(registry.list(10, 0, 0).0[0].since, since);
+
+        // Two past their cooldown and one trial: which one is unknown, so both stay open;
+        // with two trials both are half-open. One still cooling down stays open regardless.
+        let mut other = registry.watch();
+        other.saw(Some(Transition::Opened { until_ms: 2000 }), &cy);
+        assert_eq!(state(&bob, 6000, 1), ListedState::Open);
+        assert_eq!(state(&cy, 6000, 1), ListedState::Open);
+        assert_eq!(state(&bob, 6000, 2), ListedState::HalfOpen);
+        assert_eq!(state(&cy, 6000, 2), ListedState::HalfOpen);
+        assert_eq!(state(&bob, 3000, 1), ListedState::Open);
+        assert_eq!(state(&cy, 3000, 1), ListedState::HalfOpen);
+        assert_eq!(ListedState::HalfOpen.as_str(), "half_open");
+    }
+
+    #[test]
+    fn the_list_is_the_oldest_entries_in_order() {
+        let registry = OpenBreakers::default();
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        {
+            let mut open = lock(&registry.open);
+            // Inserted in a scrambled order; two share a time (then the name decides).
+            for i in [7u64, 3, 9, 0, 5, 1, 8, 2, 6, 4] {
+                let since = base + Duration::from_secs(i.min(8));
+                let user = UserId::new(format!("u{i}")).unwrap();
+                let tracked = Tracked {
+                    connection: i,
+                    since,
+                    until_ms: 0,
+                };
+                open.insert(user, tracked);
+            }
+        }
+        let names = |max| {
+            let (listed, total) = registry.list(max, 0, 0);
+            assert_eq!(total, 10);
+            listed
+                .iter()
+                .map(|l| l.user.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(3), ["u0", "u1", "u2"]);
+        assert_eq!(names(0), Vec::<String>::new());
+        let all = names(100);
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[..8], ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7"]);
+        assert_eq!(all[8..], ["u8", "u9"], "equal times: by name");
     }
 
     #[test]
