@@ -33,21 +33,22 @@ pub struct Backoff {
     max_attempts: Option<u32>,
     attempt: u32,
     rng: u64,
+    /// Whether [`with_seed`](Self::with_seed) fixed the seed.
+    seeded: bool,
 }
 
 impl Backoff {
     /// Starts at up to `base`, doubling each attempt up to `max`, with no attempt limit and a
     /// seed taken from the process's random state.
     pub fn new(base: Duration, max: Duration) -> Self {
-        use std::hash::BuildHasher;
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x7e7e_u64);
         Self {
             base,
             factor: 2,
             max: max.max(base),
             max_attempts: None,
             attempt: 0,
-            rng: seed | 1,
+            rng: random_seed() | 1,
+            seeded: false,
         }
     }
 
@@ -66,7 +67,19 @@ impl Backoff {
     /// A fixed seed, for a reproducible schedule.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = seed | 1;
+        self.seeded = true;
         self
+    }
+
+    /// A copy for one more user of this schedule (a client's connection task): with a seed of
+    /// its own, unless [`with_seed`](Self::with_seed) fixed one, so that clients built from
+    /// one configuration do not retry in lockstep.
+    pub(crate) fn reseeded(&self) -> Self {
+        let mut copy = self.clone();
+        if !self.seeded {
+            copy.rng = random_seed() | 1;
+        }
+        copy
     }
 
     /// The wait before the next attempt, or `None` once the attempt limit is reached.
@@ -106,6 +119,12 @@ impl Backoff {
         let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
         ((u128::from(r) * (u128::from(bound) + 1)) >> 64) as u64
     }
+}
+
+/// A seed from the process's random state (each `RandomState` has new keys).
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x7e7e_u64)
 }
 
 #[cfg(test)]

@@ -380,6 +380,12 @@ impl ClientConfig {
         &self.url
     }
 
+    /// The reconnect schedule of one client: its own random seed unless the application
+    /// fixed one, so that clients built from one configuration spread their retries.
+    fn task_backoff(&self) -> Backoff {
+        self.backoff.reseeded()
+    }
+
     fn ws_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .max_frame_size(Some(self.max_frame_bytes))
@@ -466,7 +472,10 @@ impl ClientBuilder {
     }
 
     /// The reconnect schedule. Default: full jitter from 100 ms doubling to 30 s, no attempt
-    /// limit. A `Backoff` with its own attempt limit ends the client when it runs out.
+    /// limit. A `Backoff` with its own attempt limit ends the client when it runs out. Each
+    /// client connected from the configuration draws its own random seed, so many clients
+    /// that lost the server together do not retry in lockstep; a seed fixed with
+    /// [`Backoff::with_seed`] is kept (every client then follows the same schedule).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -926,7 +935,7 @@ impl Client {
         };
         let auto_ack = config.auto_ack;
         let task = Task {
-            backoff: config.backoff.clone(),
+            backoff: config.task_backoff(),
             resume: config.resume,
             config,
             shared,
@@ -1845,6 +1854,26 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_of_one_config_retry_on_their_own_schedules_unless_seeded() {
+        let schedule = |mut b: Backoff| -> Vec<Duration> {
+            (0..16).map(|_| b.next_delay().expect("unlimited")).collect()
+        };
+        let config = Client::builder("ws://127.0.0.1:1", "t").build().unwrap();
+        let (a, b) = (config.task_backoff(), config.task_backoff());
+        // 16 uniform draws of up to 100 ms .. 30 s: equal only if the seeds are.
+        assert_ne!(schedule(a), schedule(b), "two clients, one config");
+        let seeded = Client::builder("ws://127.0.0.1:1", "t")
+            .backoff(Backoff::new(Duration::from_millis(100), Duration::from_secs(30)).with_seed(5))
+            .build()
+            .unwrap();
+        assert_eq!(
+            schedule(seeded.task_backoff()),
+            schedule(seeded.task_backoff()),
+            "a fixed seed is kept"
+        );
+    }
 
     #[test]
     fn urls_are_checked_and_normalised() {
