@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 /// Upper bound for any single wait in these tests; they never assert on time.
 const PATIENCE: Duration = wire::GUARD;
+const SECRET: &str = wire::SECRET;
 
 fn user(name: &str) -> UserId {
     UserId::new(name).expect("user id")
@@ -378,6 +379,41 @@ async fn a_bad_token_is_unauthorized_and_not_retried() {
         .await
         .expect_err("refused");
     assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
+    wait_connections(&server, 0).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_refused_with_4001_stops_the_client() {
+    let server = wire::server(&[]).await;
+    let proxy = Proxy::start(server.local_addr()).await;
+    // A token whose exp (whole seconds) is the second after the next one: 1 to 2 s away.
+    let now = SystemTime::now();
+    let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970");
+    let exp = Duration::from_secs(since_epoch.as_secs() + 2);
+    let token = wire::token_signed(SECRET, "otto", Some(exp - since_epoch), now);
+    let mut client = Client::builder(url(proxy.addr), token)
+        .backoff(Backoff::new(Duration::from_millis(5), Duration::from_millis(50)).with_seed(1))
+        // The frozen path is noticed only after 2.2 s without a frame: past exp however
+        // soon after the token was made the connection came up.
+        .keepalive(Duration::from_millis(500))
+        .idle_timeout(Duration::from_millis(2200))
+        .connect()
+        .await
+        .expect("connects while the token is valid");
+    expect_connected(&mut client).await;
+    // The path goes dead while the token is still valid (the server's own 4001 at exp never
+    // arrives through it); the reconnect comes after exp, with the same token.
+    assert_eq!(proxy.freeze(), 1);
+    match next_event(&mut client).await {
+        Event::Disconnected(d) => assert_eq!(d.code, None, "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    let err = next(&mut client).await.expect_err("the reconnect is refused");
+    assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
+    assert!(matches!(next(&mut client).await, Err(ClientError::Closed)));
+    // One reconnect went through the proxy, and no retry after the refusal.
+    assert_eq!(proxy.live.lock().expect("proxy registry").len(), 1);
     wait_connections(&server, 0).await;
     server.shutdown().await;
 }
