@@ -53,14 +53,21 @@
 //! - **Manual** ([`ClientBuilder::auto_ack`]`(false)`): a message is processed when the
 //!   application calls [`ack`](Client::ack) with its seq (or a higher one).
 //!
-//! `recv` never returns a message whose seq is at or below *processed*. It does return a
-//! message again when the server sends it again on a new connection and the application had
-//! not acknowledged it (its handler may not have finished). Copies of messages that a dead
-//! connection delivered but the application had not yet taken from the client are dropped
-//! once a newer connection to the same mailbox epoch exists, since the server sends those
-//! again on the new connection. So with auto-ack the application sees every message exactly
-//! once across reconnects, unless a connection dies while a handler runs: then that one
-//! message may come twice (at-least-once, never lost while the mailbox exists).
+//! `recv` never returns a message whose seq is at or below *processed*. Copies of messages
+//! that a dead connection delivered but the application had not yet taken from the client
+//! are dropped once a newer connection to the same mailbox epoch exists, since the server
+//! sends those again on the new connection.
+//!
+//! With auto-ack the application sees every message exactly once across the reconnects of
+//! one `Client`, including when a connection dies while a handler runs: the server sends
+//! that message again on the new connection, but the next `recv` first marks the previous
+//! message processed and only then checks the copy, which is no longer above *processed* and
+//! is dropped. A message comes twice only across clients: when a handler panics or the
+//! `Client` is dropped before its next `recv`, the message is not processed, and a client
+//! that connects afterwards (resuming from [`resume_point`](Client::resume_point) or fresh)
+//! receives it again. With manual acks, a message received but not yet passed to
+//! [`ack`](Client::ack) when its connection dies comes again on the new connection. Either
+//! way delivery is at-least-once, and nothing is lost while the mailbox exists.
 //!
 //! If the mailbox's epoch changes (the user stayed away past the server's retention and the
 //! mailbox was created afresh), seqs start again from 1 and *processed* starts again from 0;

@@ -359,6 +359,48 @@ async fn resumes_through_cut_connections_without_loss_or_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_dies_while_a_handler_runs_does_not_repeat_its_message() {
+    let server = wire::server(&[]).await;
+    let proxy = Proxy::start(server.local_addr()).await;
+    let mut client = builder(proxy.addr, "hugo").connect().await.expect("connects");
+    expect_connected(&mut client).await;
+    let send = |text: &'static str| {
+        let engine = server.engine().clone();
+        async move {
+            engine
+                .send(&user("hugo"), Message::new(text))
+                .await
+                .expect("send")
+        }
+    };
+    send("1").await;
+    assert_eq!(expect_message(&mut client).await.data_str(), "1");
+    // "1"'s handler is running (no recv yet) when the connection dies; the client
+    // reconnects, and the server sends "1" again on the new connection, before "2".
+    assert_eq!(proxy.cut(), 1);
+    // The new connection is up before recv is called again, so it resumed from before "1".
+    let connects = || server.engine().metrics().counters.connects;
+    for _ in 0..1000 {
+        if connects() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(connects(), 2, "reconnected");
+    assert!(matches!(next_event(&mut client).await, Event::Disconnected(_)));
+    assert!(expect_connected(&mut client).await.recovered);
+    send("2").await;
+    assert_eq!(
+        expect_message(&mut client).await.data_str(),
+        "2",
+        "the copy of 1 is dropped: 1 was processed when recv was called again"
+    );
+    client.close().await;
+    wait_in_flight(&server, "hugo", 0).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_token_is_unauthorized_and_not_retried() {
     let server = wire::server(&[]).await;
     let err = Client::builder(url(server.local_addr()), "not-a-token")
