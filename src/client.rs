@@ -1865,7 +1865,9 @@ mod tests {
     #[test]
     fn clients_of_one_config_retry_on_their_own_schedules_unless_seeded() {
         let schedule = |mut b: Backoff| -> Vec<Duration> {
-            (0..16).map(|_| b.next_delay().expect("unlimited")).collect()
+            (0..16)
+                .map(|_| b.next_delay().expect("unlimited"))
+                .collect()
         };
         let config = Client::builder("ws://127.0.0.1:1", "t").build().unwrap();
         let (a, b) = (config.task_backoff(), config.task_backoff());

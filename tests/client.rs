@@ -362,7 +362,10 @@ async fn resumes_through_cut_connections_without_loss_or_duplicates() {
 async fn a_connection_that_dies_while_a_handler_runs_does_not_repeat_its_message() {
     let server = wire::server(&[]).await;
     let proxy = Proxy::start(server.local_addr()).await;
-    let mut client = builder(proxy.addr, "hugo").connect().await.expect("connects");
+    let mut client = builder(proxy.addr, "hugo")
+        .connect()
+        .await
+        .expect("connects");
     expect_connected(&mut client).await;
     let send = |text: &'static str| {
         let engine = server.engine().clone();
@@ -387,7 +390,10 @@ async fn a_connection_that_dies_while_a_handler_runs_does_not_repeat_its_message
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(connects(), 2, "reconnected");
-    assert!(matches!(next_event(&mut client).await, Event::Disconnected(_)));
+    assert!(matches!(
+        next_event(&mut client).await,
+        Event::Disconnected(_)
+    ));
     assert!(expect_connected(&mut client).await.recovered);
     send("2").await;
     assert_eq!(
@@ -431,7 +437,9 @@ async fn a_reconnect_refused_with_4001_stops_the_client() {
     let proxy = Proxy::start(server.local_addr()).await;
     // A token whose exp (whole seconds) is the second after the next one: 1 to 2 s away.
     let now = SystemTime::now();
-    let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970");
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970");
     let exp = Duration::from_secs(since_epoch.as_secs() + 2);
     let token = wire::token_signed(SECRET, "otto", Some(exp - since_epoch), now);
     let mut client = Client::builder(url(proxy.addr), token)
@@ -451,7 +459,9 @@ async fn a_reconnect_refused_with_4001_stops_the_client() {
         Event::Disconnected(d) => assert_eq!(d.code, None, "{d:?}"),
         other => panic!("{other:?}"),
     }
-    let err = next(&mut client).await.expect_err("the reconnect is refused");
+    let err = next(&mut client)
+        .await
+        .expect_err("the reconnect is refused");
     assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
     assert!(matches!(next(&mut client).await, Err(ClientError::Closed)));
     // One reconnect went through the proxy, and no retry after the refusal.

@@ -47,8 +47,15 @@ async fn every_message_arrives_once_through_random_disconnects() {
     assert!(report.is_clean());
     assert!(ticks > 0, "progress was reported");
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
-    assert_eq!((json["lost"].as_u64(), json["misrouted"].as_u64()), (Some(0), Some(0)));
-    let latency = |q: &str| json["latency"][q].as_u64().unwrap_or_else(|| panic!("{q}: {json}"));
+    assert_eq!(
+        (json["lost"].as_u64(), json["misrouted"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let latency = |q: &str| {
+        json["latency"][q]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{q}: {json}"))
+    };
     let (p50, p99, max) = (latency("p50_us"), latency("p99_us"), latency("max_us"));
     assert!(0 < p50 && p50 <= p99 && p99 <= max, "{json}");
     server.shutdown().await;
