@@ -409,6 +409,11 @@ impl Session {
         self.breaker.state()
     }
 
+    /// The session's circuit breaker, shared with its shard worker.
+    pub(crate) fn breaker_cell(&self) -> &Arc<BreakerCell> {
+        self.breaker.cell()
+    }
+
     /// Closes the session. Unacknowledged deliveries stay in the mailbox and are delivered
     /// again to the next session.
     pub fn close(mut self, reason: CloseReason) {

@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -41,7 +41,7 @@ use serde_json::json;
 
 use super::http::{error, json, Body};
 use super::Shared;
-use crate::breaker::Transition;
+use crate::breaker::{BreakerCell, BreakerState, Transition};
 use crate::metrics::{Histogram, MetricsSnapshot};
 use crate::{Engine, UserId};
 
@@ -256,8 +256,8 @@ pub(crate) async fn sampler(shared: Weak<Shared>) {
 // Sessions whose circuit breaker is not closed.
 
 /// The users whose session's breaker opened and has not closed since, with when it opened
-/// and when its current cooldown ends. Touched only on breaker transitions (rare), and
-/// bounded.
+/// and the breaker itself, whose state (open or half-open) is read when listed. Touched only
+/// on breaker transitions (rare), and bounded.
 #[derive(Default)]
 pub(crate) struct OpenBreakers {
     open: Mutex<HashMap<UserId, Tracked>>,
@@ -265,23 +265,18 @@ pub(crate) struct OpenBreakers {
 }
 
 /// One listed session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Tracked {
     /// The connection that listed it.
     connection: u64,
     /// When the breaker first opened (a failed trial keeps it).
     since: SystemTime,
-    /// When the current cooldown ends, in engine milliseconds (from the last opening).
-    until_ms: u64,
+    /// The session's breaker: the shard worker starts trials on it, so its state, not the
+    /// transitions the connection saw, tells open from half-open.
+    cell: Arc<BreakerCell>,
 }
 
-/// A listed session's breaker state. The registry sees the openings and closings (the
-/// connection's task reports them) but not the start of a trial, which the shard worker makes
-/// once the cooldown is over and a message can go out (never while the delivery window is
-/// full). So a session is HalfOpen only when that is certain: its cooldown is over and the
-/// engine counts at least as many half-open breakers as there are tracked sessions past their
-/// cooldown (a half-open breaker is always one of those). Otherwise it is Open; the engine's
-/// counts of open and half-open breakers are exact either way.
+/// A listed session's breaker state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ListedState {
     Open,
@@ -343,38 +338,33 @@ impl OpenBreakers {
         }
     }
 
-    /// The `max` oldest entries, oldest first, and how many there are; each with its state
-    /// (see [`ListedState`]) at engine time `now_ms`, with `half_open` the engine's count of
-    /// half-open breakers. A heap of at most `max + 1` entries picks them, so a poll costs one
+    /// The `max` oldest entries, oldest first, each with its breaker's state now, and how
+    /// many there are. A heap of at most `max + 1` entries picks them, so a poll costs one
     /// pass over the registry and clones only what it lists.
-    fn list(&self, max: usize, now_ms: u64, half_open: u64) -> (Vec<Listed>, usize) {
+    fn list(&self, max: usize) -> (Vec<Listed>, usize) {
         let open = lock(&self.open);
         let total = open.len();
+        if max == 0 {
+            return (Vec::new(), total);
+        }
         // A max-heap: its top is the youngest of the oldest `max` seen so far.
         let mut oldest = std::collections::BinaryHeap::with_capacity(max.min(total) + 1);
-        let mut cooled = 0u64;
         for (user, tracked) in open.iter() {
-            cooled += u64::from(now_ms >= tracked.until_ms);
-            if max > 0 {
-                oldest.push(ByAge(user, tracked));
-                if oldest.len() > max {
-                    oldest.pop();
-                }
+            oldest.push(ByAge(user, tracked));
+            if oldest.len() > max {
+                oldest.pop();
             }
         }
-        // Every tracked session past its cooldown is in its trial (all of them, when the
-        // registry is not full, hold every half-open breaker there is).
-        let all_cooled_in_trial = half_open > 0 && half_open >= cooled && total < MAX_TRACKED;
         let listed = oldest
             .into_sorted_vec()
             .into_iter()
             .map(|ByAge(user, t)| Listed {
                 user: user.clone(),
                 since: t.since,
-                state: if all_cooled_in_trial && now_ms >= t.until_ms {
-                    ListedState::HalfOpen
-                } else {
-                    ListedState::Open
+                // Closed is a closing under way that the connection has yet to report.
+                state: match t.cell.state() {
+                    BreakerState::HalfOpen => ListedState::HalfOpen,
+                    BreakerState::Open { .. } | BreakerState::Closed => ListedState::Open,
                 },
             })
             .collect();
@@ -391,24 +381,25 @@ pub(crate) struct BreakerWatch<'a> {
 }
 
 impl BreakerWatch<'_> {
-    /// Notes what a `report_delivery_*` call returned: an opening lists the user (since now;
-    /// a failed trial that opens it again keeps the first time and takes the new cooldown),
-    /// a closing unlists it.
-    pub(crate) fn saw(&mut self, transition: Option<Transition>, user: &UserId) {
+    /// Notes what a `report_delivery_*` call of `user`'s session, whose breaker is `cell`,
+    /// returned: an opening lists the user (since now; a failed trial that opens it again
+    /// keeps the first time), a closing unlists it.
+    pub(crate) fn saw(
+        &mut self,
+        transition: Option<Transition>,
+        user: &UserId,
+        cell: &Arc<BreakerCell>,
+    ) {
         match transition {
-            Some(Transition::Opened { until_ms }) => {
+            Some(Transition::Opened { .. }) => {
                 let mut open = lock(&self.registry.open);
                 if self.listed.is_some() {
-                    if let Some(t) = open.get_mut(user) {
-                        if t.connection == self.connection {
-                            t.until_ms = until_ms;
-                        }
-                    }
+                    // Listed already: a failed trial keeps the first opening's time.
                 } else if open.len() < MAX_TRACKED || open.contains_key(user) {
                     let tracked = Tracked {
                         connection: self.connection,
                         since: SystemTime::now(),
-                        until_ms,
+                        cell: cell.clone(),
                     };
                     open.insert(user.clone(), tracked);
                     self.listed = Some(user.clone());
@@ -632,11 +623,7 @@ async fn snapshot_json(shared: &Shared, since: u64) -> String {
     let (c, g) = (&m.counters, &m.gauges);
     let now = SystemTime::now();
     let now_ms = unix_ms(now);
-    let (open, open_tracked) = dash.breakers.list(
-        MAX_LISTED,
-        engine.config().clock.now_ms(),
-        g.breakers_half_open,
-    );
+    let (open, open_tracked) = dash.breakers.list(MAX_LISTED);
     let open_sessions: Vec<_> = open
         .iter()
         .map(|o| {
@@ -836,66 +823,67 @@ mod tests {
         }
     }
 
+    /// A breaker cell and its owner, opened at once (threshold 1, cooldown 1 ms).
+    fn breaker() -> (crate::breaker::Breaker, Arc<BreakerCell>) {
+        let config = crate::breaker::BreakerConfig {
+            failure_threshold: 1,
+            cooldown: Duration::from_millis(1),
+            max_cooldown: Duration::from_millis(1),
+        };
+        let b = crate::breaker::Breaker::new(&config).with_seed(1);
+        let cell = b.cell().clone();
+        (b, cell)
+    }
+
     #[test]
     fn the_registry_lists_until_closed_or_dropped_and_keeps_the_first_time() {
         let registry = OpenBreakers::default();
         let ann = UserId::new("ann").unwrap();
-        let opened = Some(Transition::Opened { until_ms: 1 });
+        let (_b, cell) = breaker();
+        let opened = || Some(Transition::Opened { until_ms: 1 });
         let mut first = registry.watch();
-        first.saw(None, &ann);
-        assert_eq!(registry.list(10, 0, 0).1, 0);
-        first.saw(opened, &ann);
-        let (listed, n) = registry.list(10, 0, 0);
+        first.saw(None, &ann, &cell);
+        assert_eq!(registry.list(10).1, 0);
+        first.saw(opened(), &ann, &cell);
+        let (listed, n) = registry.list(10);
         assert_eq!((listed[0].user.as_str(), n), ("ann", 1));
         let since = listed[0].since;
-        first.saw(Some(Transition::Opened { until_ms: 2 }), &ann); // a failed trial
-        assert_eq!(registry.list(10, 0, 0).0[0].since, since);
-        first.saw(Some(Transition::Closed), &ann);
-        assert_eq!(registry.list(10, 0, 0).1, 0);
+        first.saw(Some(Transition::Opened { until_ms: 2 }), &ann, &cell); // a failed trial
+        assert_eq!(registry.list(10).0[0].since, since);
+        first.saw(Some(Transition::Closed), &ann, &cell);
+        assert_eq!(registry.list(10).1, 0);
 
         // A newer connection of the same user owns the entry: the old one's end keeps it.
-        first.saw(opened, &ann);
+        first.saw(opened(), &ann, &cell);
         let mut second = registry.watch();
-        second.saw(opened, &ann);
+        second.saw(opened(), &ann, &cell);
         drop(first);
-        assert_eq!(registry.list(10, 0, 0).1, 1);
+        assert_eq!(registry.list(10).1, 1);
         drop(second);
-        assert_eq!(registry.list(10, 0, 0).1, 0);
+        assert_eq!(registry.list(10).1, 0);
     }
 
     #[test]
-    fn a_listed_session_is_half_open_only_when_its_trial_is_certain() {
+    fn a_listed_session_shows_its_breakers_state() {
         let registry = OpenBreakers::default();
-        let (bob, cy) = (UserId::new("bob").unwrap(), UserId::new("cy").unwrap());
+        let bob = UserId::new("bob").unwrap();
+        let (mut b, cell) = breaker();
         let mut watch = registry.watch();
-        watch.saw(Some(Transition::Opened { until_ms: 1000 }), &bob);
-        let state = |user: &UserId, now_ms, half_open| {
-            let (listed, _) = registry.list(10, now_ms, half_open);
-            listed.iter().find(|l| &l.user == user).unwrap().state
+        let Some(Transition::Opened { until_ms }) = b.record_failure(10) else {
+            panic!("threshold 1 opens at once")
         };
-        // Cooling down: open, whatever the engine counts.
-        assert_eq!(state(&bob, 999, 1), ListedState::Open);
-        // Past the cooldown with no trial anywhere (a full window lets no trial start).
-        assert_eq!(state(&bob, 1000, 0), ListedState::Open);
-        // Past the cooldown and the engine has a half-open breaker: it can only be bob's.
-        assert_eq!(state(&bob, 1000, 1), ListedState::HalfOpen);
-        // The trial failed: open again, with the new cooldown, since the first opening.
-        let since = registry.list(10, 0, 0).0[0].since;
-        watch.saw(Some(Transition::Opened { until_ms: 5000 }), &bob);
-        assert_eq!(state(&bob, 1000, 1), ListedState::Open);
-        assert_eq!(registry.list(10, 0, 0).0[0].since, since);
-
-        // Two past their cooldown and one trial: which one is unknown, so both stay open;
-        // with two trials both are half-open. One still cooling down stays open regardless.
-        let mut other = registry.watch();
-        other.saw(Some(Transition::Opened { until_ms: 2000 }), &cy);
-        assert_eq!(state(&bob, 6000, 1), ListedState::Open);
-        assert_eq!(state(&cy, 6000, 1), ListedState::Open);
-        assert_eq!(state(&bob, 6000, 2), ListedState::HalfOpen);
-        assert_eq!(state(&cy, 6000, 2), ListedState::HalfOpen);
-        assert_eq!(state(&bob, 3000, 1), ListedState::Open);
-        assert_eq!(state(&cy, 3000, 1), ListedState::HalfOpen);
+        watch.saw(Some(Transition::Opened { until_ms }), &bob, &cell);
+        let state = || registry.list(10).0[0].state;
+        assert_eq!(state(), ListedState::Open, "cooling down");
+        assert!(cell.begin_trial(until_ms), "the worker starts a trial");
+        assert_eq!(state(), ListedState::HalfOpen);
         assert_eq!(ListedState::HalfOpen.as_str(), "half_open");
+        // The trial failed: open again, listed since the first opening.
+        let since = registry.list(10).0[0].since;
+        let again = b.record_failure(until_ms + 1);
+        watch.saw(again, &bob, &cell);
+        assert_eq!(state(), ListedState::Open);
+        assert_eq!(registry.list(10).0[0].since, since);
     }
 
     #[test]
@@ -911,13 +899,13 @@ mod tests {
                 let tracked = Tracked {
                     connection: i,
                     since,
-                    until_ms: 0,
+                    cell: breaker().1,
                 };
                 open.insert(user, tracked);
             }
         }
         let names = |max| {
-            let (listed, total) = registry.list(max, 0, 0);
+            let (listed, total) = registry.list(max);
             assert_eq!(total, 10);
             listed
                 .iter()

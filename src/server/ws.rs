@@ -399,14 +399,16 @@ impl<'a> Connection<'a> {
                     match wrote {
                         Ok(Ok(())) => {
                             if failing {
-                                breaker.saw(session.report_delivery_success(), session.user());
+                                let t = session.report_delivery_success();
+                                breaker.saw(t, session.user(), session.breaker_cell());
                                 failing = false;
                             }
                         }
                         Ok(Err(_)) => return Ending::Broken,
                         Err(_) => {
                             FrontStats::bump(&self.shared.stats.write_timeouts);
-                            breaker.saw(session.report_delivery_failure(), session.user());
+                            let t = session.report_delivery_failure();
+                            breaker.saw(t, session.user(), session.breaker_cell());
                             failing = true;
                             // Deliveries are not read while a write is stuck, so this is where
                             // a replaced or shut-down session is noticed.
