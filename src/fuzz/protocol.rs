@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::server::protocol::{
     decode_client_frame, decode_client_frame_shared, decode_publish_request, encode_connected,
     encode_delivery, encode_frame_error, encode_publish_result, ClientFrame, FrameError,
-    PublishRequest,
+    PublishRequest, MAX_REF_BYTES,
 };
 use crate::{ConnectInfo, Delivery, MessageId, MissedManifest, SendOutcome};
 
@@ -111,6 +111,7 @@ fn check_against_model(decoded: &Result<ClientFrame, FrameError>, model: &Value)
             assert_eq!(field("ttl_ms").and_then(Value::as_u64), p.ttl_ms);
             assert_eq!(field("id").and_then(Value::as_str), p.id.as_deref());
             assert_eq!(field("ref").and_then(Value::as_str), p.reference.as_deref());
+            assert!(p.reference.as_ref().is_none_or(|r| r.len() <= MAX_REF_BYTES));
             match &p.stream {
                 None => assert!(field("stream").is_none()),
                 Some(s) => {
