@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 mod wire;
-use wire::{publish, publish_ok, publish_text, server, Delivered, Raw};
+use wire::{publish, publish_ok, publish_text, server, Delivered, Raw, Rng};
 
 /// The `n` of a `{"n": ..}` payload.
 fn n_of(d: &Delivered) -> u64 {
@@ -315,18 +315,6 @@ async fn a_delivered_message_whose_ttl_passes_unacknowledged_is_not_sent_again()
     assert_eq!(connected["missed"]["expired"], 1, "{connected}");
     assert_eq!(connected["missed"]["ids"], json!(["brief"]), "{connected}");
     assert!(raw.ping().await.is_empty());
-}
-
-/// A small deterministic generator (xorshift), so the churn is varied but reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,20 +11,7 @@ use serde_json::{json, Value};
 use tether::{StreamPhase, UserId};
 
 mod wire;
-use wire::{eventually, publish_batch, publish_ok, server, Delivered, Raw};
-
-/// A small deterministic generator (xorshift), so the disconnects fall at varied but
-/// reproducible points.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
+use wire::{eventually, publish_batch, publish_ok, server, Delivered, Raw, Rng};
 
 /// What the client side of the long flow keeps: the resume point, what it processed, and
 /// the seq each message number was first seen with.
