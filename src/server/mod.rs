@@ -184,7 +184,10 @@ impl Server {
         self.addr
     }
 
-    /// The engine behind the server, to send to users or read metrics in-process.
+    /// The engine behind the server, to send to users or read metrics in-process. A payload
+    /// sent this way reaches WebSocket clients as the `data` of a `message` frame, spliced in
+    /// as it is, so it must be one JSON value (`Message::new(r#"{"n":1}"#)`, or `"\"text\""`
+    /// for a string); see [`protocol::encode_delivery`].
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
     }
