@@ -369,8 +369,12 @@ impl<'a> Connection<'a> {
         // pass: reads cancel and restart the pump, and a client that sends a frame every few
         // seconds must not restart the clock of a write it never lets finish.
         let mut write_deadline: Option<tokio::time::Instant> = None;
+        // Frames handed to the socket but not yet flushed: `out` empties before the flush
+        // that a read can interrupt, so `out` alone does not say whether a write is pending.
+        let mut unflushed = false;
         loop {
-            let writing = !self.out.is_empty();
+            unflushed |= !self.out.is_empty();
+            let writing = unflushed;
             if writing {
                 write_deadline.get_or_insert_with(|| tokio::time::Instant::now() + c.write_timeout);
             } else {
@@ -398,6 +402,7 @@ impl<'a> Connection<'a> {
                     write_deadline = None;
                     match wrote {
                         Ok(Ok(())) => {
+                            unflushed = false;
                             if failing {
                                 let t = session.report_delivery_success();
                                 breaker.saw(t, session.user(), session.breaker_cell());
