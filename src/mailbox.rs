@@ -418,6 +418,19 @@ impl Mailbox {
         own: Option<&str>,
         cx: &mut Ctx<'_>,
     ) -> Option<u32> {
+        // O(1) first: if room is not made even in the best case (every eligible message
+        // evicted, and with them every held part), no order of evictions makes it, and a flood
+        // of messages that can never fit costs no scan each.
+        let (mut n, mut bytes) = (0, 0);
+        for b in priority.index()..4 {
+            n += self.bands[b].len();
+            bytes += self.band_bytes[b];
+        }
+        if self.queued - n + 1 > limits.max_messages
+            || self.queued_bytes - bytes + cost > limits.max_bytes
+        {
+            return None;
+        }
         if !self.can_evict_for(limits, priority, cost, own) {
             return None;
         }
