@@ -506,7 +506,7 @@ pub fn decode_client_frame_shared(frame: &Bytes) -> Result<ClientFrame, FrameErr
 /// ```
 pub fn decode_publish_request(body: &str) -> Result<PublishRequest, FrameError> {
     let fields = parse_object(body)?;
-    decode_publish(&fields, Source::Copy)
+    decode_publish(&fields, Source::Copy, Echo::No)
 }
 
 /// Decodes the body of `POST /api/publish_batch`: `{"messages":[<publish>, ...]}`.
@@ -533,7 +533,7 @@ pub fn decode_publish_batch(
         .into_iter()
         .map(|item| {
             let fields = parse_nested(item, "messages", "expected an array of objects")?;
-            decode_publish(&fields, Source::Copy)
+            decode_publish(&fields, Source::Copy, Echo::No)
         })
         .collect())
 }
@@ -593,7 +593,7 @@ fn decode_frame(text: &str, source: Source<'_>) -> Result<ClientFrame, FrameErro
         FrameType::Ack => Ok(ClientFrame::Ack {
             seq: read_u64(fields.required(Key::Seq, "seq")?, "seq")?,
         }),
-        FrameType::Publish => decode_publish(&fields, source).map(ClientFrame::Publish),
+        FrameType::Publish => decode_publish(&fields, source, Echo::Yes).map(ClientFrame::Publish),
         FrameType::Ping => Ok(ClientFrame::Ping),
     }
 }
@@ -630,13 +630,25 @@ fn frame_type(raw: &RawValue) -> Result<FrameType, FrameError> {
     }
 }
 
-fn decode_publish(fields: &Fields<'_>, source: Source<'_>) -> Result<PublishRequest, FrameError> {
+/// Whether the publish's `ref` will be echoed back (in WebSocket replies; HTTP answers by
+/// position and ignores it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Echo {
+    Yes,
+    No,
+}
+
+fn decode_publish(
+    fields: &Fields<'_>,
+    source: Source<'_>,
+    echo: Echo,
+) -> Result<PublishRequest, FrameError> {
     // `ref` first, so that every later error can carry it back to the client.
     let reference = match fields.optional(Key::Ref, "ref")? {
         Some(raw) => Some(read_string(raw, "ref")?),
         None => None,
     };
-    if reference.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES) {
+    if echo == Echo::Yes && reference.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES) {
         // Not echoed back: that is what the bound is for.
         return Err(invalid("ref", "longer than 256 bytes"));
     }
