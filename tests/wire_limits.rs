@@ -120,6 +120,9 @@ async fn a_ref_of_256_bytes_is_echoed_and_one_byte_more_is_refused_unechoed() {
     let (mut x, _) = Raw::connect(&server, "x", None).await;
     assert_eq!(x.next_message().await.raw_data(), "1");
     assert!(x.ping().await.is_empty(), "only the first was published");
+    // HTTP answers by position and never echoes a ref, so it does not bound one.
+    let long_ref = "r".repeat(1000);
+    publish_ok(&server, json!({"to": "y", "data": 3, "ref": long_ref})).await;
 }
 
 #[tokio::test]
