@@ -116,7 +116,8 @@ pub struct SecretTooShort {
 pub struct Claims {
     /// The `sub` claim: the user this connection acts as.
     pub user: UserId,
-    /// The `exp` claim in seconds since the Unix epoch (fractions dropped), if any.
+    /// The `exp` claim in seconds since the Unix epoch, rounded up (a session that ends at
+    /// this time never ends before the token expired), if any.
     pub expires_at: Option<u64>,
     /// The `nbf` claim in seconds since the Unix epoch, if any.
     pub not_before: Option<u64>,
@@ -259,7 +260,7 @@ impl JwtVerifier {
         };
         Ok(Claims {
             user,
-            expires_at: raw.exp.map(unix_secs),
+            expires_at: raw.exp.map(|exp| unix_secs(exp.ceil())),
             not_before: raw.nbf.map(unix_secs),
             issued_at: raw.iat.map(unix_secs),
         })
@@ -606,7 +607,8 @@ mod tests {
     #[test]
     fn fractional_numeric_dates_are_accepted() {
         let token = signed(HS256, r#"{"sub":"alice","exp":100.5}"#);
-        assert!(verifier().verify(&token, at(100)).is_ok());
+        let claims = verifier().verify(&token, at(100)).expect("valid until 100.5");
+        assert_eq!(claims.expires_at, Some(101), "rounded up: a session never ends early");
         assert_eq!(verifier().verify(&token, at(101)), Err(AuthError::Expired));
     }
 
