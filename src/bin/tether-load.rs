@@ -8,8 +8,9 @@
 //! ```
 //!
 //! A progress line goes to stderr once a second; the summary goes to stdout (with `--json`,
-//! also as one JSON line, last). Exit code 0 if nothing was lost or duplicated, 1 if the run
-//! found a problem, 2 if it could not run.
+//! also as one JSON line, last). Exit code 0 for a clean run (no message duplicated or
+//! delivered to the wrong user, and no loss beyond what the server reported evicting for that
+//! user), 1 if the run found a problem, 2 if it could not run.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
