@@ -111,7 +111,10 @@ fn check_against_model(decoded: &Result<ClientFrame, FrameError>, model: &Value)
             assert_eq!(field("ttl_ms").and_then(Value::as_u64), p.ttl_ms);
             assert_eq!(field("id").and_then(Value::as_str), p.id.as_deref());
             assert_eq!(field("ref").and_then(Value::as_str), p.reference.as_deref());
-            assert!(p.reference.as_ref().is_none_or(|r| r.len() <= MAX_REF_BYTES));
+            assert!(p
+                .reference
+                .as_ref()
+                .is_none_or(|r| r.len() <= MAX_REF_BYTES));
             match &p.stream {
                 None => assert!(field("stream").is_none()),
                 Some(s) => {

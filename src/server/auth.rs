@@ -607,8 +607,14 @@ mod tests {
     #[test]
     fn fractional_numeric_dates_are_accepted() {
         let token = signed(HS256, r#"{"sub":"alice","exp":100.5}"#);
-        let claims = verifier().verify(&token, at(100)).expect("valid until 100.5");
-        assert_eq!(claims.expires_at, Some(101), "rounded up: a session never ends early");
+        let claims = verifier()
+            .verify(&token, at(100))
+            .expect("valid until 100.5");
+        assert_eq!(
+            claims.expires_at,
+            Some(101),
+            "rounded up: a session never ends early"
+        );
         assert_eq!(verifier().verify(&token, at(101)), Err(AuthError::Expired));
     }
 
