@@ -301,12 +301,8 @@ struct WireStreamAborted {
 struct WirePublishResult<'a> {
     #[serde(rename = "ref", default)]
     reference: Option<String>,
-    #[serde(borrow)]
-    outcome: Cow<'a, str>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    evicted: Option<u64>,
+    #[serde(flatten, borrow)]
+    outcome: WireOutcome<'a>,
 }
 
 /// The outcome fields shared by `publish_result` and the HTTP publish response.
@@ -413,13 +409,10 @@ pub fn decode_server_frame(frame: &Bytes) -> Result<ServerFrame, DecodeError> {
         }
         "publish_result" => {
             let w: WirePublishResult<'_> = serde_json::from_str(text).map_err(fail)?;
-            let outcome = WireOutcome {
-                outcome: w.outcome,
-                reason: w.reason,
-                evicted: w.evicted,
-            }
-            .into_outcome()
-            .map_err(|e| DecodeError::new(&kind, e))?;
+            let outcome = w
+                .outcome
+                .into_outcome()
+                .map_err(|e| DecodeError::new(&kind, e))?;
             ServerFrame::PublishResult {
                 reference: w.reference,
                 outcome,
