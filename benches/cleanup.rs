@@ -33,7 +33,7 @@
 //! All 1M removal timers were set in the same millisecond (a manual clock), so they share one
 //! wheel slot and cascade together a few times before they fire, the first time about 56
 //! minutes in. The 1 s steps must stay clear of that: the bench computes the tick of the first
-//! cascade with a `tether::wheel::Wheel` placed like the shard's, and rebuilds the 1M
+//! cascade with a `tether::time::Wheel` placed like the shard's, and rebuilds the 1M
 //! mailboxes (untimed) if the next step would reach it. After the criterion runs, the bench
 //! steps the clock once through each of those ticks and prints what each barrier took
 //! (single measurements, not statistics): the cascades, then the expiry of all 1M mailboxes
@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
-use tether::wheel::Wheel;
+use tether::time::Wheel;
 use tether::{Clock, Engine, Message, UserId};
 use tokio::runtime::Runtime;
 

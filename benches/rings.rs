@@ -1,8 +1,8 @@
 //! The lock-free rings beside their peers, in the same run.
 //!
-//! - `mpsc_1p`, `mpsc_2p`: `tether::ring::mpsc` against `crossbeam_queue::ArrayQueue`, one or
+//! - `mpsc_1p`, `mpsc_2p`: `tether::sync::mpsc` against `crossbeam_queue::ArrayQueue`, one or
 //!   two producer threads and one consumer thread (2p oversubscribes a 2-core machine).
-//! - `spsc`, `spsc_batch`: `tether::ring::spsc` against `rtrb::RingBuffer`, one producer thread
+//! - `spsc`, `spsc_batch`: `tether::sync::spsc` against `rtrb::RingBuffer`, one producer thread
 //!   and one consumer thread; the batch variant drains with `drain_into` / `read_chunk`.
 //!
 //! Every case moves `ITEMS_PER_ITER` `u64`s per iteration through a ring of `CAPACITY` slots,
@@ -89,11 +89,11 @@ trait MpscRing {
 struct TetherMpsc;
 
 impl MpscRing for TetherMpsc {
-    type Tx = tether::ring::mpsc::Sender<u64>;
-    type Rx = tether::ring::mpsc::Receiver<u64>;
+    type Tx = tether::sync::mpsc::Sender<u64>;
+    type Rx = tether::sync::mpsc::Receiver<u64>;
 
     fn channel(capacity: usize) -> (Self::Tx, Self::Rx) {
-        tether::ring::mpsc::channel(capacity)
+        tether::sync::mpsc::channel(capacity)
     }
 
     #[inline]
@@ -266,11 +266,11 @@ trait SpscRing {
 struct TetherSpsc;
 
 impl SpscRing for TetherSpsc {
-    type Tx = tether::ring::spsc::Producer<u64>;
-    type Rx = tether::ring::spsc::Consumer<u64>;
+    type Tx = tether::sync::spsc::Producer<u64>;
+    type Rx = tether::sync::spsc::Consumer<u64>;
 
     fn channel(capacity: usize) -> (Self::Tx, Self::Rx) {
-        tether::ring::spsc::channel(capacity)
+        tether::sync::spsc::channel(capacity)
     }
 
     #[inline]

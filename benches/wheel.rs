@@ -1,4 +1,4 @@
-//! `tether::wheel::Wheel` beside its peers, in the same run, at 1Ki, 64Ki and 1Mi timers:
+//! `tether::time::Wheel` beside its peers, in the same run, at 1Ki, 64Ki and 1Mi timers:
 //!
 //! - `Wheel`: the engine's hierarchical timing wheel (O(1) insert and cancel);
 //! - `DelayQueue`: `tokio_util::time::DelayQueue`, tokio's own hierarchical wheel with a slab;
@@ -54,7 +54,7 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode,
     Throughput,
 };
-use tether::wheel::{TimerHandle, Wheel};
+use tether::time::{TimerHandle, Wheel};
 use tokio::runtime::Runtime;
 use tokio_util::time::delay_queue::Key;
 use tokio_util::time::DelayQueue;

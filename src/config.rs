@@ -3,11 +3,26 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use thiserror::Error;
+
 use crate::breaker::BreakerConfig;
-use crate::clock::Clock;
-use crate::dedup::DedupMode;
-use crate::error::ConfigError;
-use crate::{Engine, Priority};
+use crate::message::Priority;
+use crate::time::Clock;
+
+/// What the duplicate filter looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DedupMode {
+    /// No duplicate detection.
+    Off,
+    /// Messages with the same id to the same user within the window are duplicates; messages
+    /// without an id are never duplicates. The default: an id is the producer saying "this is
+    /// the same message", while equal payloads ("ok", "ping") are often distinct messages.
+    #[default]
+    Ids,
+    /// As `Ids`, and messages without an id are duplicates when their payload equals an
+    /// earlier one to the same user within the window.
+    IdsAndContent,
+}
 
 /// What a full mailbox does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,7 +145,7 @@ impl Config {
     }
 }
 
-/// Builds an [`Engine`].
+/// Builds an [`Engine`](crate::Engine).
 ///
 /// ```
 /// use tether::{Engine, UserLimits, OverflowPolicy};
@@ -363,13 +378,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Checks the settings and starts the shard workers.
-    pub fn build(self) -> Result<Engine, ConfigError> {
-        let c = self.validate()?;
-        Engine::start(c)
-    }
-
-    fn validate(self) -> Result<Config, ConfigError> {
+    /// Checks the settings (the engine starts from them in
+    /// [`build`](Self::build)).
+    pub(crate) fn validate(self) -> Result<Config, ConfigError> {
         let c = self.config;
         let range = |name: &'static str, value: usize, min: usize, max: usize| {
             if value < min || value > max {
@@ -447,4 +458,28 @@ impl EngineBuilder {
         }
         Ok(c)
     }
+}
+
+/// Why [`EngineBuilder::build`](crate::EngineBuilder::build) refused the settings.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A numeric setting is outside its range.
+    #[error("{setting} = {value} is outside {min}..={max}")]
+    OutOfRange {
+        /// The setting's name.
+        setting: &'static str,
+        /// The value given.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// Shed thresholds must be in (0, 1] and ordered low <= normal <= high.
+    #[error("shed thresholds {0:?} must be in (0, 1] with low <= normal <= high")]
+    ShedThresholds(ShedThresholds),
+    /// A worker thread could not be started.
+    #[error("could not start a shard worker: {0}")]
+    Spawn(String),
 }

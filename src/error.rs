@@ -4,61 +4,8 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::config::ShedThresholds;
-use crate::Message;
-
-/// Input the engine refuses at the call.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum InvalidInput {
-    /// User ids must not be empty.
-    #[error("user id is empty")]
-    EmptyUserId,
-    /// The user id is longer than the configured maximum.
-    #[error("user id is {len} bytes, more than the maximum of {max}")]
-    UserIdTooLong {
-        /// Its length.
-        len: usize,
-        /// The configured maximum.
-        max: usize,
-    },
-    /// The payload is larger than the configured maximum.
-    #[error("payload is {len} bytes, more than the maximum of {max}")]
-    PayloadTooLarge {
-        /// Its length.
-        len: usize,
-        /// The configured maximum.
-        max: usize,
-    },
-    /// The message id is empty.
-    #[error("message id is empty")]
-    EmptyMessageId,
-    /// A per-user cap is zero.
-    #[error("{setting} must be at least 1")]
-    ZeroLimit {
-        /// Which cap.
-        setting: &'static str,
-    },
-    /// A stream id is empty.
-    #[error("stream id is empty")]
-    EmptyStreamId,
-    /// A stream id is longer than the configured maximum (the message id maximum).
-    #[error("stream id is {len} bytes, more than the maximum of {max}")]
-    StreamIdTooLong {
-        /// Its length.
-        len: usize,
-        /// The configured maximum.
-        max: usize,
-    },
-    /// The message id is longer than the configured maximum.
-    #[error("message id is {len} bytes, more than the maximum of {max}")]
-    MessageIdTooLong {
-        /// Its length.
-        len: usize,
-        /// The configured maximum.
-        max: usize,
-    },
-}
+use crate::message::{InvalidInput, Message};
+use crate::session::EndReason;
 
 /// Why [`Engine::try_send`](crate::Engine::try_send) did not take the message. The message is
 /// inside; [`into_inner`](Self::into_inner) gives it back.
@@ -188,26 +135,13 @@ pub enum AckError {
     Ended,
 }
 
-/// Why [`EngineBuilder::build`](crate::EngineBuilder::build) refused the settings.
-#[derive(Debug, Clone, PartialEq, Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A numeric setting is outside its range.
-    #[error("{setting} = {value} is outside {min}..={max}")]
-    OutOfRange {
-        /// The setting's name.
-        setting: &'static str,
-        /// The value given.
-        value: u64,
-        /// Smallest allowed.
-        min: u64,
-        /// Largest allowed.
-        max: u64,
-    },
-    /// Shed thresholds must be in (0, 1] and ordered low <= normal <= high.
-    #[error("shed thresholds {0:?} must be in (0, 1] with low <= normal <= high")]
-    ShedThresholds(ShedThresholds),
-    /// A worker thread could not be started.
-    #[error("could not start a shard worker: {0}")]
-    Spawn(String),
+/// Why [`Session::try_recv`](crate::Session::try_recv) returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// Nothing to receive right now.
+    #[error("no delivery ready")]
+    Empty,
+    /// The session ended; everything delivered to it was received.
+    #[error("session ended: {0:?}")]
+    Ended(EndReason),
 }

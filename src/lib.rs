@@ -42,55 +42,55 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// The vocabulary: what users name. No module here imports from the mechanism below it.
 mod backoff;
 pub mod breaker;
-mod budget;
-#[cfg(all(feature = "server", not(loom)))]
-pub mod client;
-mod clock;
 mod config;
-mod dedup;
-mod engine;
 mod error;
-mod loom;
-mod mailbox;
 mod message;
 mod metrics;
-mod park;
-pub mod ring;
-#[cfg(all(feature = "server", not(loom)))]
-pub mod server;
 mod session;
-mod shard;
 mod shutdown;
 mod stream;
-pub mod wheel;
-mod worker;
+
+// The mechanism: lock-free structures, time, and the single-writer shards.
+mod loom;
+mod shard;
+pub mod sync;
+pub mod time;
+
+// The handles: how a program reaches the shards.
+mod engine;
+
+// The network: the wire protocol, the Rust client, the server.
+#[cfg(all(feature = "server", not(loom)))]
+pub mod client;
+#[cfg(all(feature = "server", not(loom)))]
+pub mod server;
 
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzz;
 
 pub use backoff::Backoff;
-pub use clock::Clock;
-pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
-pub use dedup::DedupMode;
-pub use engine::{Engine, PendingOutcome};
+pub use config::{
+    Config, ConfigError, DedupMode, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits,
+};
+pub use engine::{Engine, PendingOutcome, Session};
 pub use error::{
-    AbortStreamError, AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError,
-    TrySendError,
+    AbortStreamError, AckError, ConnectError, SendError, SetLimitsError, TryRecvError, TrySendError,
 };
-pub use mailbox::MailboxStats;
 pub use message::{
-    Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart, UserId,
+    AbortReason, Delivery, InvalidInput, Message, MessageId, Priority, RejectReason, SendOutcome,
+    StreamPart, UserId,
 };
-pub use metrics::{Counters, Gauges, Histogram, MetricsSnapshot, UserCounters};
+pub use metrics::{Counters, Gauges, Histogram, MailboxStats, MetricsSnapshot, UserCounters};
 pub use session::{
     CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResumePoint,
-    Session, TryRecvError,
 };
 pub use shutdown::{ShutdownOptions, ShutdownReport};
-pub use stream::{AbortReason, StreamPhase, StreamStatus};
+pub use stream::{StreamPhase, StreamStatus};
+pub use time::Clock;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,4 +1,5 @@
-//! What flows through the engine: user ids, messages, priorities, deliveries and outcomes.
+//! What flows through the engine: user ids, messages, priorities, stream parts, deliveries,
+//! outcomes, and the input the engine refuses at the call.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -7,8 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::InvalidInput;
-use crate::stream::AbortReason;
+use thiserror::Error;
 
 /// Who a message is for. Cheap to clone (a reference count), hashed once at creation.
 ///
@@ -538,6 +538,108 @@ impl RejectReason {
             RejectReason::StreamPartInvalid => "stream_part_invalid",
             RejectReason::StreamWindowFull => "stream_window_full",
             RejectReason::TooManyStreams => "too_many_streams",
+        }
+    }
+}
+
+/// Input the engine refuses at the call.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum InvalidInput {
+    /// User ids must not be empty.
+    #[error("user id is empty")]
+    EmptyUserId,
+    /// The user id is longer than the configured maximum.
+    #[error("user id is {len} bytes, more than the maximum of {max}")]
+    UserIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The payload is larger than the configured maximum.
+    #[error("payload is {len} bytes, more than the maximum of {max}")]
+    PayloadTooLarge {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The message id is empty.
+    #[error("message id is empty")]
+    EmptyMessageId,
+    /// A per-user cap is zero.
+    #[error("{setting} must be at least 1")]
+    ZeroLimit {
+        /// Which cap.
+        setting: &'static str,
+    },
+    /// A stream id is empty.
+    #[error("stream id is empty")]
+    EmptyStreamId,
+    /// A stream id is longer than the configured maximum (the message id maximum).
+    #[error("stream id is {len} bytes, more than the maximum of {max}")]
+    StreamIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The message id is longer than the configured maximum.
+    #[error("message id is {len} bytes, more than the maximum of {max}")]
+    MessageIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+/// Why a stream was aborted, as its abort marker and [`StreamStatus`](crate::StreamStatus)
+/// report it.
+///
+/// ```
+/// use tether::AbortReason;
+///
+/// assert_eq!(AbortReason::Timeout.code(), "timeout");
+/// let by_producer = AbortReason::Producer("model crashed".into());
+/// assert_eq!(by_producer.code(), "producer");
+/// assert_eq!(by_producer.to_string(), "model crashed");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// No new part arrived for the stream timeout while parts were still missing.
+    Timeout,
+    /// The stream's TTL (from its first part) passed before its last part was delivered.
+    Expired,
+    /// The user's mailbox could not keep the stream under its overflow policy.
+    Overflow,
+    /// The engine-wide memory budget refused one of its parts.
+    MemoryBudget,
+    /// The producer aborted it, with this reason.
+    Producer(Arc<str>),
+}
+
+impl AbortReason {
+    /// A short snake_case code: `timeout`, `expired`, `overflow`, `memory_budget`, `producer`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AbortReason::Timeout => "timeout",
+            AbortReason::Expired => "expired",
+            AbortReason::Overflow => "overflow",
+            AbortReason::MemoryBudget => "memory_budget",
+            AbortReason::Producer(_) => "producer",
+        }
+    }
+}
+
+/// The producer's text for a producer abort; the code otherwise.
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::Producer(text) => f.write_str(text),
+            other => f.write_str(other.code()),
         }
     }
 }

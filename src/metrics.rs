@@ -15,6 +15,7 @@ use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
 use crate::loom::{AtomicU64, Ordering};
+use crate::session::Epoch;
 
 /// Defines a set of named `u64` fields once, with their Prometheus help text, and generates
 /// the struct, its array form (for publishing in a loop) and the names.
@@ -639,6 +640,38 @@ impl MetricsSnapshot {
             let _ = writeln!(out, "tether_{name}_count {}", hist.count);
         }
         out
+    }
+}
+
+/// A snapshot of one user's mailbox, from [`Engine::mailbox_stats`](crate::Engine::mailbox_stats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MailboxStats {
+    /// Messages waiting in each band, Critical first.
+    pub queued_per_band: [usize; 4],
+    /// Payload bytes waiting in the bands.
+    pub queued_bytes: usize,
+    /// Delivery-window slots in use: delivered, unacknowledged messages (one that expired
+    /// keeps its slot until acknowledged past, as a copy may still wait in the session).
+    pub in_flight: usize,
+    /// Their payload bytes.
+    pub in_flight_bytes: usize,
+    /// The seq the next delivery will get.
+    pub next_seq: u64,
+    /// The mailbox's epoch.
+    pub epoch: Epoch,
+    /// Whether a session is attached.
+    pub connected: bool,
+    /// Losses recorded since the last connect (they go into the next connect's manifest).
+    pub missed: u64,
+    /// This user's event counts since the mailbox was created.
+    pub counters: UserCounters,
+}
+
+impl MailboxStats {
+    /// Messages waiting in all bands.
+    pub fn queued(&self) -> usize {
+        self.queued_per_band.iter().sum()
     }
 }
 

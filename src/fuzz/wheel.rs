@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::wheel::{TimerHandle, Wheel};
+use crate::time::{TimerHandle, Wheel};
 
 /// The furthest deadline the wheel represents, as in `wheel.rs`.
 const HORIZON: u64 = 1 << 36;

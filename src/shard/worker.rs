@@ -13,21 +13,22 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::budget::BudgetView;
-use crate::clock::Clock;
 use crate::config::{Config, UserLimits};
-use crate::dedup::DedupWindow;
 use crate::error::{ConnectError, SetLimitsError};
 use crate::loom::Arc;
-use crate::mailbox::{Ctx, Dropped, Live, Mailbox, Retention, Timer, WakeList};
-use crate::message::{Message, Prehashed, RejectReason, SendOutcome, UserId};
+use crate::message::{AbortReason, Message, Prehashed, RejectReason, SendOutcome, UserId};
 use crate::metrics::ShardRecorder;
-use crate::ring::mpsc;
-use crate::session::{Epoch, SessionShared, END_SHUTDOWN};
+use crate::session::Epoch;
+use crate::shard::budget::BudgetView;
+use crate::shard::dedup::DedupWindow;
+use crate::shard::link::{SessionShared, END_SHUTDOWN};
+use crate::shard::mailbox::{Ctx, Dropped, Live, Mailbox, Retention, Timer, WakeList};
+use crate::shard::streams::StreamLimits;
 use crate::shard::{Command, ConnectRequest, ShardShared};
 use crate::shutdown::{ShutdownOptions, ShutdownReport};
-use crate::stream::{AbortReason, StreamLimits};
-use crate::wheel::Wheel;
+use crate::sync::mpsc;
+use crate::time::Clock;
+use crate::time::Wheel;
 
 /// Commands a worker takes from its inbox before it looks at timers and signals again.
 const BATCH: usize = 256;

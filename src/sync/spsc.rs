@@ -33,7 +33,7 @@ unsafe impl<T: Send> Sync for Ring<T> {}
 /// Creates a ring with room for at least `capacity` values (rounded up to a power of two).
 ///
 /// ```
-/// use tether::ring::spsc;
+/// use tether::sync::spsc;
 ///
 /// let (mut tx, mut rx) = spsc::channel::<u32>(4);
 /// let producer = std::thread::spawn(move || {

@@ -20,15 +20,15 @@ use crate::breaker::{BreakerState, Permit};
 use crate::config::{OverflowPolicy, UserLimits};
 use crate::loom::Arc;
 use crate::message::{
-    Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart,
+    AbortReason, Delivery, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart,
 };
-use crate::metrics::{Gauges, ShardRecorder, UserCounters};
-use crate::ring::outbox::{OutboxNotifier, OutboxSender};
-use crate::session::{
-    ConnectInfo, Epoch, MissedManifest, ResumePoint, SessionShared, END_REPLACED, END_SHUTDOWN,
-};
-use crate::stream::{AbortReason, Admission, Stream, StreamLimits, StreamStatus, Streams};
-use crate::wheel::{TimerHandle, Wheel};
+use crate::metrics::{Gauges, MailboxStats, ShardRecorder, UserCounters};
+use crate::session::{ConnectInfo, Epoch, MissedManifest, ResumePoint};
+use crate::shard::link::{SessionShared, END_REPLACED, END_SHUTDOWN};
+use crate::shard::streams::{Admission, Stream, StreamLimits, Streams};
+use crate::stream::StreamStatus;
+use crate::sync::outbox::{OutboxNotifier, OutboxSender};
+use crate::time::{TimerHandle, Wheel};
 use crate::CloseReason;
 
 /// The queue-depth gauge of band `b`.
@@ -188,38 +188,6 @@ impl WakeList {
             n.notify();
         }
         self.gen += 1;
-    }
-}
-
-/// A snapshot of one user's mailbox, from [`Engine::mailbox_stats`](crate::Engine::mailbox_stats).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MailboxStats {
-    /// Messages waiting in each band, Critical first.
-    pub queued_per_band: [usize; 4],
-    /// Payload bytes waiting in the bands.
-    pub queued_bytes: usize,
-    /// Delivery-window slots in use: delivered, unacknowledged messages (one that expired
-    /// keeps its slot until acknowledged past, as a copy may still wait in the session).
-    pub in_flight: usize,
-    /// Their payload bytes.
-    pub in_flight_bytes: usize,
-    /// The seq the next delivery will get.
-    pub next_seq: u64,
-    /// The mailbox's epoch.
-    pub epoch: Epoch,
-    /// Whether a session is attached.
-    pub connected: bool,
-    /// Losses recorded since the last connect (they go into the next connect's manifest).
-    pub missed: u64,
-    /// This user's event counts since the mailbox was created.
-    pub counters: UserCounters,
-}
-
-impl MailboxStats {
-    /// Messages waiting in all bands.
-    pub fn queued(&self) -> usize {
-        self.queued_per_band.iter().sum()
     }
 }
 
@@ -1355,7 +1323,7 @@ impl Mailbox {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::ring::outbox;
+    use crate::sync::outbox;
     use crate::{Priority, UserId};
 
     const RETENTION: Retention = Retention {

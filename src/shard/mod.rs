@@ -1,10 +1,24 @@
-//! A shard's shared side: how producers and sessions hand work to the shard's worker thread
-//! (see `worker.rs`), which alone owns the mailboxes of the users hashed to the shard.
+//! A shard: one worker thread that alone owns the mailboxes of the users hashed to it, and the
+//! shared side through which producers and sessions hand it work.
 //!
 //! Commands (send, connect, ...) go through a bounded lock-free inbox; acks and closes from
 //! sessions go through the never-failing signal list; either wakes the worker through the park
 //! handshake. These, and the session outboxes, are the only structures shared between threads,
-//! all in `ring/` and `park.rs` and model-checked with loom.
+//! all in `sync/` and model-checked with loom. Everything in this folder but this file's
+//! `ShardShared` and `link.rs` is owned by the worker thread alone:
+//!
+//! - `worker.rs`: the single-writer loop: drain the inbox and signals, run the wheel, deliver;
+//! - `mailbox/`: one user's bands, delivery window, expiry, streams, attach and removal;
+//! - `dedup.rs`: the fingerprint window; `budget.rs`: the engine-wide memory budget (each shard
+//!   publishes its own usage); `streams.rs`: per-mailbox stream reordering;
+//! - `link.rs`: what a session and the worker share besides the outbox.
+
+pub(crate) mod budget;
+mod dedup;
+pub(crate) mod link;
+pub(crate) mod mailbox;
+mod streams;
+pub(crate) mod worker;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,17 +29,17 @@ use tokio::sync::{oneshot, Notify};
 use crate::config::UserLimits;
 use crate::error::{ConnectError, SetLimitsError};
 use crate::loom::{fence, thread::Thread, Arc, AtomicBool, AtomicUsize, Ordering};
-use crate::mailbox::MailboxStats;
 use crate::message::{Delivery, Message, SendOutcome, UserId};
-use crate::metrics::ShardMetrics;
-use crate::park::Parker;
-use crate::ring::mpsc;
-use crate::ring::outbox::OutboxSender;
-use crate::ring::signal::{Drain, SignalList};
-use crate::ring::Full;
-use crate::session::{ConnectInfo, ResumePoint, SessionShared};
+use crate::metrics::{MailboxStats, ShardMetrics};
+use crate::session::{ConnectInfo, ResumePoint};
 use crate::shutdown::{ShutdownOptions, ShutdownReport};
 use crate::stream::StreamStatus;
+use crate::sync::mpsc;
+use crate::sync::outbox::OutboxSender;
+use crate::sync::park::Parker;
+use crate::sync::signal::{Drain, SignalList};
+use crate::sync::Full;
+use link::SessionShared;
 
 pub(crate) enum Command {
     Send {

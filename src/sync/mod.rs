@@ -1,5 +1,6 @@
-//! The lock-free rings, public because they are useful on their own, and the crate-private
-//! structures shared between threads, and the only home of `unsafe` code.
+//! Everything shared between threads, and the only home of `unsafe` code: the lock-free
+//! rings, public and stable because they are useful on their own, and the crate-private
+//! structures built on them.
 //!
 //! - [`mpsc`]: the shard inbox, any thread to one worker (Vyukov's bounded queue).
 //! - [`spsc`]: the ring under a session's outbox, one worker to one session (Lamport's queue).
@@ -7,11 +8,13 @@
 //! - `outbox` (crate-private): ring + waker + end flag, the delivery window's transport.
 //! - `signal` (crate-private): sessions telling their worker about acks and closes, never
 //!   failing.
+//! - `park` (crate-private): the park/wake handshake between a worker and those who feed it.
 //!
 //! Each one is model-checked with loom (`RUSTFLAGS="--cfg loom" cargo test --release --lib loom`).
 
 pub mod mpsc;
 pub(crate) mod outbox;
+pub(crate) mod park;
 pub(crate) mod signal;
 pub mod spsc;
 pub(crate) mod waker;
@@ -24,7 +27,7 @@ impl<T> Full<T> {
     /// The value that did not fit.
     ///
     /// ```
-    /// let (mut tx, _rx) = tether::ring::spsc::channel::<&str>(1);
+    /// let (mut tx, _rx) = tether::sync::spsc::channel::<&str>(1);
     /// tx.push("first").unwrap();
     /// assert_eq!(tx.push("second").unwrap_err().into_inner(), "second");
     /// ```

@@ -52,8 +52,8 @@ impl Parker {
 mod loom_park {
     use super::*;
     use crate::loom::{thread, Arc, AtomicBool};
-    use crate::ring::mpsc;
-    use crate::ring::signal::{Link, Linked, SignalList};
+    use crate::sync::mpsc;
+    use crate::sync::signal::{Link, Linked, SignalList};
 
     struct Node {
         link: Link<Node>,

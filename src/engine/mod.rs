@@ -7,22 +7,23 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 use crate::breaker::Breaker;
-use crate::budget::Budget;
-use crate::config::{Config, EngineBuilder, UserLimits};
-use crate::error::{
-    AbortStreamError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError,
-    TrySendError,
-};
+use crate::config::{Config, ConfigError, EngineBuilder, UserLimits};
+use crate::error::{AbortStreamError, ConnectError, SendError, SetLimitsError, TrySendError};
 use crate::loom::{thread, Arc, AtomicBool, Ordering};
-use crate::mailbox::MailboxStats;
-use crate::message::{Message, SendOutcome, UserId};
-use crate::metrics::MetricsSnapshot;
-use crate::ring::{mpsc, outbox, Full};
-use crate::session::{ResumePoint, Session, SessionShared};
+use crate::message::{InvalidInput, Message, SendOutcome, UserId};
+use crate::metrics::{MailboxStats, MetricsSnapshot};
+use crate::session::ResumePoint;
+use crate::shard::budget::Budget;
+use crate::shard::link::SessionShared;
+use crate::shard::worker::Worker;
 use crate::shard::{Command, ConnectRequest, ShardShared};
 use crate::shutdown::{ShutdownOptions, ShutdownReport};
 use crate::stream::StreamStatus;
-use crate::worker::Worker;
+use crate::sync::{mpsc, outbox, Full};
+
+mod session;
+
+pub use session::Session;
 
 /// The messaging engine. Cheap to clone; every clone is a handle to the same shards. The
 /// workers stop when the last handle is dropped.
@@ -56,6 +57,13 @@ struct Inner {
     budget: Arc<Budget>,
     workers: Mutex<Vec<thread::JoinHandle<()>>>,
     closing: AtomicBool,
+}
+
+impl EngineBuilder {
+    /// Checks the settings and starts the shard workers.
+    pub fn build(self) -> Result<Engine, ConfigError> {
+        Engine::start(self.validate()?)
+    }
 }
 
 impl Engine {

@@ -15,22 +15,8 @@
 
 use std::collections::HashSet;
 
+use crate::config::DedupMode;
 use crate::message::{Message, Prehashed, UserId};
-
-/// What the duplicate filter looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DedupMode {
-    /// No duplicate detection.
-    Off,
-    /// Messages with the same id to the same user within the window are duplicates; messages
-    /// without an id are never duplicates. The default: an id is the producer saying "this is
-    /// the same message", while equal payloads ("ok", "ping") are often distinct messages.
-    #[default]
-    Ids,
-    /// As `Ids`, and messages without an id are duplicates when their payload equals an
-    /// earlier one to the same user within the window.
-    IdsAndContent,
-}
 
 const ID_DOMAIN: u64 = 0x6964_5f64_6f6d_6169;
 const CONTENT_DOMAIN: u64 = 0x636f_6e74_656e_7421;

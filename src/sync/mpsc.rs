@@ -46,7 +46,7 @@ unsafe impl<T: Send> Sync for Ring<T> {}
 /// minimum 2). Returns the cloneable sending side and the single receiving side.
 ///
 /// ```
-/// use tether::ring::mpsc;
+/// use tether::sync::mpsc;
 ///
 /// let (tx, mut rx) = mpsc::channel::<u32>(2);
 /// let tx2 = tx.clone();

@@ -56,7 +56,7 @@ struct Level {
 /// A hierarchical timing wheel of values of type `T` with 1 ms ticks (see the module docs).
 ///
 /// ```
-/// use tether::wheel::Wheel;
+/// use tether::time::Wheel;
 ///
 /// let mut wheel = Wheel::new();
 /// let a = wheel.insert(50, "a");
