@@ -8,8 +8,7 @@ use tether::{
     Clock, CloseReason, Engine, EngineBuilder, Message, Priority, SendOutcome, Session, UserId,
 };
 
-mod common;
-use common::{advance, user};
+use crate::common::{advance, user};
 
 fn engine_with(clock: &Clock, f: impl FnOnce(EngineBuilder) -> EngineBuilder) -> Engine {
     f(Engine::builder().shards(1).clock(clock.clone()))

@@ -3,8 +3,7 @@
 
 use tether::{Engine, Message, MissedManifest, Priority, SendOutcome};
 
-mod common;
-use common::{assert_nothing_more, recv, text, user};
+use crate::common::{assert_nothing_more, recv, text, user};
 
 #[tokio::test]
 async fn message_queued_while_away_is_delivered_on_connect() {

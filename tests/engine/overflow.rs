@@ -6,8 +6,7 @@ use tether::{
     UserId, UserLimits,
 };
 
-mod common;
-use common::{recv, text, user};
+use crate::common::{recv, text, user};
 
 fn ids(v: &[MessageId]) -> Vec<&str> {
     v.iter().map(MessageId::as_str).collect()

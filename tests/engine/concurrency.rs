@@ -12,8 +12,7 @@ use tether::{
     TryRecvError, UserId, UserLimits,
 };
 
-mod common;
-use common::{user, GUARD};
+use crate::common::{user, GUARD};
 
 /// Hang guard for a whole multi-threaded phase (debug builds on 2 cores are slow).
 const PHASE_GUARD: Duration = Duration::from_secs(300);

@@ -7,8 +7,7 @@ use tether::{
     Clock, CloseReason, Engine, Message, OverflowPolicy, Priority, SendOutcome, UserId, UserLimits,
 };
 
-mod common;
-use common::user;
+use crate::common::user;
 
 #[tokio::test]
 async fn a_scripted_scenario_gives_exact_counts() {

@@ -6,8 +6,7 @@ use tether::{
     ResumePoint, SendOutcome, Session, TryRecvError, UserId, UserLimits,
 };
 
-mod common;
-use common::{assert_nothing_more, recv, text, user, GUARD};
+use crate::common::{assert_nothing_more, recv, text, user, GUARD};
 
 async fn recv_n(s: &mut Session, n: usize) -> Vec<(u64, String)> {
     let mut v = Vec::with_capacity(n);

@@ -8,8 +8,7 @@ use tether::{
     TrySendError, UserLimits,
 };
 
-mod common;
-use common::user;
+use crate::common::user;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_delivers_the_backlog_to_a_reader_then_ends_the_session() {

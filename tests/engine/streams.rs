@@ -11,8 +11,7 @@ use tether::{
     ResumePoint, SendOutcome, Session, StreamPart, StreamPhase, UserId, UserLimits,
 };
 
-mod common;
-use common::{advance, assert_nothing_more, recv, text, user};
+use crate::common::{advance, assert_nothing_more, recv, text, user};
 
 fn part(stream: &str, index: u32, last: bool, payload: impl Into<bytes::Bytes>) -> Message {
     Message::new(payload).with_stream_part(StreamPart::new(stream, index, last))

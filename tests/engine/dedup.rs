@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use tether::{Clock, DedupMode, Engine, EngineBuilder, Message, SendOutcome, UserId};
 
-mod common;
-use common::user;
+use crate::common::user;
 
 fn engine_with(clock: &Clock, f: impl FnOnce(EngineBuilder) -> EngineBuilder) -> Engine {
     f(Engine::builder().shards(2).clock(clock.clone()))

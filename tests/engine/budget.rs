@@ -5,8 +5,7 @@ use tether::{
     Engine, Message, MessageId, Priority, RejectReason, SendOutcome, ShedThresholds, UserId,
 };
 
-mod common;
-use common::{recv, user};
+use crate::common::{recv, user};
 
 const BUDGET: u64 = 10_000;
 const SHED: SendOutcome = SendOutcome::Rejected(RejectReason::MemoryBudget);

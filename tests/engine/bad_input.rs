@@ -9,8 +9,7 @@ use tether::{
     SendError, SendOutcome, ShedThresholds, TrySendError, UserId, UserLimits,
 };
 
-mod common;
-use common::{recv, user};
+use crate::common::{recv, user};
 
 /// Checks a refused `try_send`: the error and the untouched message.
 fn expect_try_invalid(r: Result<(), TrySendError>, error: InvalidInput, payload: &[u8]) {
