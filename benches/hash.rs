@@ -18,17 +18,10 @@ use xxhash_rust::xxh3::xxh3_64;
 
 const SIZES: [usize; 5] = [16, 64, 1024, 64 * 1024, 1024 * 1024];
 
-/// Deterministic, incompressible-looking input (xorshift64*).
+/// Deterministic, incompressible-looking input.
 fn input(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    (0..len)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
+    (0..len).map(|_| rng.u8(..)).collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

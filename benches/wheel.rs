@@ -67,32 +67,22 @@ const SHORT_SPREAD_MS: u64 = 1000;
 /// Most timers the real-time `DelayQueue` expiry builds before one wait.
 const DQ_MAX_PENDING: usize = 4 << 20;
 
-/// xorshift64*: deterministic and cheap.
-struct Rng(u64);
+/// Deterministic random choices: the bench's input generator.
+struct Rng(fastrand::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    fn seeded(seed: u64) -> Self {
+        Rng(fastrand::Rng::with_seed(seed))
     }
 
     fn deadlines(&mut self, n: usize, spread: u64) -> Vec<u64> {
-        (0..n).map(|_| self.below(spread)).collect()
+        (0..n).map(|_| self.0.u64(..spread)).collect()
     }
 
-    /// A random permutation of 0..n (Fisher-Yates).
+    /// A random permutation of 0..n.
     fn permutation(&mut self, n: usize) -> Vec<u32> {
         let mut p: Vec<u32> = (0..n as u32).collect();
-        for i in (1..n).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            p.swap(i, j);
-        }
+        self.0.shuffle(&mut p);
         p
     }
 }
@@ -348,7 +338,7 @@ fn check_fired(
 
 fn check_virtual<T: Expire>() {
     let n = 1 << 16;
-    let mut rng = Rng(0x5EED_0001);
+    let mut rng = Rng::seeded(0x5EED_0001);
     let mut t = T::empty();
     let deadlines = rng.deadlines(n, SPREAD_MS);
     let cancelled = populate(&mut t, &deadlines, &mut rng);
@@ -378,7 +368,7 @@ fn check_delay_queue(rt: &Runtime) {
     let n = 1 << 16;
     let offset = 1000;
     rt.block_on(async {
-        let mut rng = Rng(0x5EED_0002);
+        let mut rng = Rng::seeded(0x5EED_0002);
         let mut d = Delay::new(n);
         let deadlines: Vec<u64> = rng.deadlines(n, 200).iter().map(|x| offset + x).collect();
         let cancelled = populate(&mut d, &deadlines, &mut rng);
@@ -567,7 +557,7 @@ fn expire<T: Expire>(c: &mut Criterion, spread: u64, label: &str) {
         .sampling_mode(SamplingMode::Flat)
         .measurement_time(Duration::from_secs(1));
     for n in SIZES {
-        let deadlines = Rng(0xE0 ^ n as u64).deadlines(n, spread);
+        let deadlines = Rng::seeded(0xE0 ^ n as u64).deadlines(n, spread);
         let mut out = Vec::with_capacity(n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new(T::NAME, n), &n, |b, _| {
@@ -602,7 +592,7 @@ fn expire_delay_queue(c: &mut Criterion, rt: &Runtime) {
         .sampling_mode(SamplingMode::Flat)
         .measurement_time(Duration::from_millis(300));
     for n in SIZES {
-        let deadlines = Rng(0xE0 ^ n as u64).deadlines(n, SHORT_SPREAD_MS);
+        let deadlines = Rng::seeded(0xE0 ^ n as u64).deadlines(n, SHORT_SPREAD_MS);
         let mut out = Vec::with_capacity(n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new(Delay::NAME, n), &n, |b, _| {
@@ -649,7 +639,7 @@ fn pointer_chase(c: &mut Criterion) {
         let bytes = entries * 40;
         let lines = bytes / 64;
         const STRIDE: usize = 64 / std::mem::size_of::<usize>();
-        let order = Rng(0xC4A5E ^ lines as u64).permutation(lines);
+        let order = Rng::seeded(0xC4A5E ^ lines as u64).permutation(lines);
         let mut next = vec![0usize; lines * STRIDE];
         for k in 0..lines {
             next[order[k] as usize * STRIDE] = order[(k + 1) % lines] as usize * STRIDE;
@@ -689,7 +679,7 @@ fn wheels(c: &mut Criterion) {
     check_delay_queue(&rt);
 
     for n in SIZES {
-        let mut rng = Rng(0xBA5E ^ n as u64);
+        let mut rng = Rng::seeded(0xBA5E ^ n as u64);
         ops(
             c,
             &mut Fixture::new(TetherWheel(Wheel::new()), n, &mut rng),

@@ -4,7 +4,7 @@
 //! Attempt `n` (from 0) waits a uniformly random time in `[0, min(max, base * factor^n)]`:
 //! "full jitter" from Marc Brooker's "Exponential Backoff And Jitter" (AWS Architecture Blog,
 //! 2015), which spreads clients that failed together instead of letting them retry in waves.
-//! The random source is a xorshift64* generator seeded per `Backoff`, so a fixed seed gives a
+//! Each `Backoff` has its own seeded generator (fastrand's wyrand), so a fixed seed gives a
 //! fixed schedule in tests.
 
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub struct Backoff {
     max: Duration,
     max_attempts: Option<u32>,
     attempt: u32,
-    rng: u64,
+    rng: fastrand::Rng,
     /// Whether [`with_seed`](Self::with_seed) fixed the seed.
     seeded: bool,
 }
@@ -47,7 +47,7 @@ impl Backoff {
             max: max.max(base),
             max_attempts: None,
             attempt: 0,
-            rng: random_seed() | 1,
+            rng: fastrand::Rng::new(),
             seeded: false,
         }
     }
@@ -66,7 +66,7 @@ impl Backoff {
 
     /// A fixed seed, for a reproducible schedule.
     pub fn with_seed(mut self, seed: u64) -> Self {
-        self.rng = seed | 1;
+        self.rng = fastrand::Rng::with_seed(seed);
         self.seeded = true;
         self
     }
@@ -77,7 +77,7 @@ impl Backoff {
     pub(crate) fn reseeded(&self) -> Self {
         let mut copy = self.clone();
         if !self.seeded {
-            copy.rng = random_seed() | 1;
+            copy.rng = fastrand::Rng::new();
         }
         copy
     }
@@ -90,7 +90,7 @@ impl Backoff {
         let ceiling = self.ceiling(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Some(Duration::from_nanos(self.random_up_to(nanos)))
+        Some(Duration::from_nanos(self.rng.u64(..=nanos)))
     }
 
     /// The upper bound of attempt `n`'s wait: `min(max, base * factor^n)`.
@@ -110,21 +110,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
-
-    /// Uniform in `[0, bound]` (xorshift64*, then a widening multiply to the range).
-    fn random_up_to(&mut self, bound: u64) -> u64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        ((u128::from(r) * (u128::from(bound) + 1)) >> 64) as u64
-    }
-}
-
-/// A seed from the process's random state (each `RandomState` has new keys).
-fn random_seed() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(0x7e7e_u64)
 }
 
 #[cfg(test)]

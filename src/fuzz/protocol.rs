@@ -263,14 +263,8 @@ mod tests {
     #[test]
     fn client_frame_mutated_seeds_hold() {
         let seeds = seeds();
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            // xorshift64
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || rng.u64(..);
         const PUNCTUATION: &[u8] = b"{}[]\",:\\ 0-.enultr\x00\xff";
         for _ in 0..3000 {
             let mut data = seeds[(next() % seeds.len() as u64) as usize].clone();

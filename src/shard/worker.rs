@@ -45,7 +45,8 @@ struct Mailboxes {
     slots: Vec<Option<(UserId, Mailbox)>>,
     free: Vec<u32>,
     max: usize,
-    rng: u64,
+    /// Epochs need to differ between mailbox lives, not be secret.
+    rng: fastrand::Rng,
 }
 
 impl Mailboxes {
@@ -73,7 +74,7 @@ impl Mailboxes {
         if self.index.len() >= self.max {
             return None;
         }
-        let mut mailbox = Mailbox::new(Epoch(self.next_random()), now, retention);
+        let mut mailbox = Mailbox::new(Epoch(self.rng.u64(..)), now, retention);
         mailbox.set_limits(self.overrides.get(user).copied());
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -149,15 +150,6 @@ impl Mailboxes {
     fn iter(&self) -> impl Iterator<Item = &Mailbox> {
         self.slots.iter().flatten().map(|(_, m)| m)
     }
-
-    /// splitmix64: epochs need to differ between mailbox lives, not be secret.
-    fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 /// Where the worker is in its life.
@@ -218,7 +210,7 @@ impl Worker {
             slots: Vec::new(),
             free: Vec::new(),
             max: config.max_users.div_ceil(config.shards),
-            rng: seed,
+            rng: fastrand::Rng::with_seed(seed),
         };
         let retention = Retention {
             after_normal_ms: ms(config.keep_after_normal),

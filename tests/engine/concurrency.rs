@@ -27,21 +27,6 @@ fn roomy() -> UserLimits {
     }
 }
 
-/// xorshift64*: a fixed-seed generator so that a failure replays the same choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// What the reconnecting consumer has seen, and the checks on every delivery.
 struct Ledger {
     /// Payload number -> the seq it was first delivered with.
@@ -118,7 +103,8 @@ async fn a_thousand_reconnects_lose_nothing_and_repeat_only_unacked_with_origina
         })
     };
 
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    // A fixed seed, so that a failure replays the same choices.
+    let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
     let mut ledger = Ledger {
         seq_of: HashMap::new(),
         payload_of: HashMap::new(),
@@ -189,20 +175,20 @@ async fn a_thousand_reconnects_lose_nothing_and_repeat_only_unacked_with_origina
 
         // Receive a few of what is ready.
         let mut batch = Vec::new();
-        s.drain(&mut batch, rng.below(8) as usize);
+        s.drain(&mut batch, rng.u64(..8) as usize);
         for d in &batch {
             ledger.check(d);
         }
         // Acknowledge all, some or none of it.
         let top = s.last_received();
         if top > settled {
-            match rng.below(3) {
+            match rng.u64(..3) {
                 0 => {
                     s.ack(top).unwrap();
                     settled = top;
                 }
                 1 => {
-                    let target = settled + 1 + rng.below(top - settled);
+                    let target = settled + 1 + rng.u64(..top - settled);
                     s.ack(target).unwrap();
                     settled = target;
                 }
@@ -214,7 +200,7 @@ async fn a_thousand_reconnects_lose_nothing_and_repeat_only_unacked_with_origina
         let rp = s.resume_point();
         assert_eq!(rp.last_seq, top);
         let mut rest = Vec::new();
-        if rng.below(2) == 0 {
+        if rng.u64(..2) == 0 {
             s.drain(&mut rest, usize::MAX);
         }
         for d in &rest {

@@ -93,10 +93,9 @@ fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
         }
         let rest = &code[i + prefix.len()..];
         let (path, used) = ident_path(rest);
-        let group = &rest[used..];
-        if group.starts_with('{') {
+        if let Some(group) = rest[used..].strip_prefix('{') {
             let (mut depth, mut item) = (1, String::new());
-            for c in group[1..].chars() {
+            for c in group.chars() {
                 match c {
                     '{' => depth += 1,
                     '}' => depth -= 1,
