@@ -36,9 +36,17 @@
 //! # Architecture
 //!
 //! Users are hashed to shards. Each shard is one worker thread that alone owns its users'
-//! mailboxes, fed by a bounded lock-free inbox ([`ring::mpsc`]); a session receives through a
-//! bounded lock-free outbox ([`ring::spsc`]) sized to the delivery window. See `DESIGN.md` and
-//! the module docs of `shard`, `mailbox` and `ring`.
+//! mailboxes, fed by a bounded lock-free inbox ([`sync::mpsc`]); a session receives through a
+//! bounded lock-free outbox ([`sync::spsc`]) sized to the delivery window; acks travel back
+//! through a list that never fails. `docs/architecture.md` in the repository draws the data
+//! path and says where each module sits on it.
+//!
+//! # Stability
+//!
+//! Beyond the engine's own types, three modules are public and stable because they are useful
+//! on their own: [`sync`] (the bounded MPSC and SPSC rings), [`time`] (the hierarchical timing
+//! wheel and the clock) and [`breaker`] (the circuit breaker). Everything else in the engine is
+//! private.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

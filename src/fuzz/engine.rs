@@ -2,6 +2,9 @@
 //! bytes into a bounded sequence of operations on a one-shard engine with tiny limits, runs
 //! them, and checks every observable outcome against a plain reference model.
 //!
+//! One file on purpose: the decoder, the reference model and the harness that runs both side by
+//! side are read together, top to bottom (test code; never in a build users get).
+//!
 //! The model is deliberately naive (vectors and loops, no bitmaps, no byte counters kept in
 //! step): per user four band queues, the in-flight list with seqs, `next_seq`, the epoch once
 //! observed, the per-user limits and the missed manifest; per session what is still waiting in
