@@ -1,6 +1,8 @@
 //! Engine settings: a builder whose every setter documents its default, validated by `build`.
 
+use std::fmt;
 use std::num::NonZeroUsize;
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
@@ -22,6 +24,55 @@ pub enum OverflowPolicy {
     /// Refuse the new message ([`RejectReason::MailboxFull`](crate::RejectReason::MailboxFull)).
     Reject,
 }
+
+impl OverflowPolicy {
+    /// Each policy with the name [`FromStr`] reads and [`Display`](fmt::Display) writes.
+    const NAMES: [(Self, &'static str); 3] = [
+        (Self::DropOldest, "drop-oldest"),
+        (Self::DropNewest, "drop-newest"),
+        (Self::Reject, "reject"),
+    ];
+}
+
+/// Reads `drop-oldest`, `drop-newest` or `reject`, the names settings files and flags use.
+///
+/// ```
+/// use tether::OverflowPolicy;
+///
+/// assert_eq!("reject".parse(), Ok(OverflowPolicy::Reject));
+/// assert_eq!(OverflowPolicy::DropNewest.to_string(), "drop-newest");
+/// assert!("drop-all".parse::<OverflowPolicy>().is_err());
+/// ```
+impl FromStr for OverflowPolicy {
+    type Err = ParseOverflowPolicyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::NAMES
+            .iter()
+            .find(|(_, name)| *name == text)
+            .map(|(policy, _)| *policy)
+            .ok_or(ParseOverflowPolicyError(()))
+    }
+}
+
+impl fmt::Display for OverflowPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::NAMES.iter().find(|(p, _)| p == self).map(|(_, n)| *n);
+        f.write_str(name.unwrap_or_default())
+    }
+}
+
+/// A name that is no [`OverflowPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseOverflowPolicyError(());
+
+impl fmt::Display for ParseOverflowPolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected drop-oldest, drop-newest or reject")
+    }
+}
+
+impl std::error::Error for ParseOverflowPolicyError {}
 
 /// Caps on what one user's mailbox holds while waiting for delivery (the backlog, not counting
 /// the messages in the delivery window).
@@ -446,5 +497,24 @@ impl EngineBuilder {
             return Err(ConfigError::ShedThresholds(t));
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_policy_names_round_trip() {
+        for (policy, name) in OverflowPolicy::NAMES {
+            assert_eq!(name.parse(), Ok(policy));
+            assert_eq!(policy.to_string(), name);
+        }
+        for bad in ["", "Reject", "drop_oldest", " reject"] {
+            assert_eq!(
+                bad.parse::<OverflowPolicy>(),
+                Err(ParseOverflowPolicyError(()))
+            );
+        }
     }
 }

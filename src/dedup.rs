@@ -14,6 +14,8 @@
 //! fingerprint use different seeds so an id never matches a payload.
 
 use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
 
 use crate::message::{Message, Prehashed, UserId};
 
@@ -31,6 +33,55 @@ pub enum DedupMode {
     /// earlier one to the same user within the window.
     IdsAndContent,
 }
+
+impl DedupMode {
+    /// Each mode with the name [`FromStr`] reads and [`Display`](fmt::Display) writes.
+    const NAMES: [(Self, &'static str); 3] = [
+        (Self::Off, "off"),
+        (Self::Ids, "ids"),
+        (Self::IdsAndContent, "ids-and-content"),
+    ];
+}
+
+/// Reads `off`, `ids` or `ids-and-content`, the names settings files and flags use.
+///
+/// ```
+/// use tether::DedupMode;
+///
+/// assert_eq!("ids-and-content".parse(), Ok(DedupMode::IdsAndContent));
+/// assert_eq!(DedupMode::Off.to_string(), "off");
+/// assert!("everything".parse::<DedupMode>().is_err());
+/// ```
+impl FromStr for DedupMode {
+    type Err = ParseDedupModeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::NAMES
+            .iter()
+            .find(|(_, name)| *name == text)
+            .map(|(mode, _)| *mode)
+            .ok_or(ParseDedupModeError(()))
+    }
+}
+
+impl fmt::Display for DedupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::NAMES.iter().find(|(m, _)| m == self).map(|(_, n)| *n);
+        f.write_str(name.unwrap_or_default())
+    }
+}
+
+/// A name that is no [`DedupMode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseDedupModeError(());
+
+impl fmt::Display for ParseDedupModeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected off, ids or ids-and-content")
+    }
+}
+
+impl std::error::Error for ParseDedupModeError {}
 
 const ID_DOMAIN: u64 = 0x6964_5f64_6f6d_6169;
 const CONTENT_DOMAIN: u64 = 0x636f_6e74_656e_7421;
@@ -117,6 +168,17 @@ impl DedupWindow {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dedup_mode_names_round_trip() {
+        for (mode, name) in DedupMode::NAMES {
+            assert_eq!(name.parse(), Ok(mode));
+            assert_eq!(mode.to_string(), name);
+        }
+        for bad in ["", "Ids", "ids_and_content", "ids "] {
+            assert_eq!(bad.parse::<DedupMode>(), Err(ParseDedupModeError(())));
+        }
+    }
 
     fn user(s: &str) -> UserId {
         UserId::new(s).unwrap()

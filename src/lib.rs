@@ -73,8 +73,10 @@ pub mod fuzz;
 
 pub use backoff::Backoff;
 pub use clock::Clock;
+pub use config::ParseOverflowPolicyError;
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use dedup::DedupMode;
+pub use dedup::ParseDedupModeError;
 pub use engine::{Engine, PendingOutcome};
 pub use error::{
     AbortStreamError, AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError,
