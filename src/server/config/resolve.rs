@@ -77,7 +77,7 @@ impl Sources {
     }
 }
 
-pub(super) fn invalid(s: &Setting, origin: Origin, value: &str, reason: String) -> ConfigError {
+fn invalid(s: &Setting, origin: Origin, value: &str, reason: String) -> ConfigError {
     ConfigError::Invalid {
         setting: s.name,
         origin,
