@@ -55,13 +55,17 @@ pub(super) fn at_least_1ms(value: &Duration) -> Result<(), String> {
     Ok(())
 }
 
-/// A secret or key of at least `min` bytes; `why` says where the minimum comes from.
+/// A secret or key of at least `min` bytes; `why` says where the minimum comes from, if
+/// anywhere but here.
 pub(super) fn min_bytes(
     min: usize,
     why: &'static str,
 ) -> impl Fn(&Option<String>) -> Result<(), String> {
     move |value| match value {
-        Some(text) if text.len() < min => Err(format!("is {} bytes; {why}", text.len())),
+        Some(text) if text.len() < min => Err(format!(
+            "is {} bytes; at least {min} are required{why}",
+            text.len()
+        )),
         _ => Ok(()),
     }
 }

@@ -4,9 +4,9 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use super::auth::{self, ApiKey, JwtVerifier};
 use super::settings::ServerConfig;
 use super::{ConfigError, Origin};
+use crate::server::auth::{self, ApiKey, JwtVerifier};
 use crate::UserId;
 
 /// The credential settings, by name (a test checks that both are settings).

@@ -68,9 +68,6 @@ pub use resolve::unknown_env_vars;
 pub use settings::{LogFormat, ServerConfig};
 pub use syntax::{parse_duration, parse_size};
 
-use super::auth;
-use crate::{DedupMode, EngineBuilder, OverflowPolicy, UserLimits};
-
 /// Shortest API key accepted, in bytes: long enough that guessing is hopeless, short enough
 /// for any key a person would generate.
 pub const MIN_API_KEY_BYTES: usize = 16;

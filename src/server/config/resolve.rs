@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use clap::Command;
 
 use super::args::ServeArgs;
-use super::settings::{setting, ServerConfig, SETTINGS};
+use super::settings::{setting, ServerConfig, Setting, SETTINGS};
 use super::syntax::Kind;
-use super::table::Setting;
 use super::{ConfigError, Origin, CONFIG_ENV};
 
 struct Sources {

@@ -9,9 +9,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::check::{self, at_least_1ms, buffer_size, log_filter, min_bytes, origins, positive};
-use super::syntax::{Addr, Bool, Count, List, Named, Opt, Secret, Size, Syntax, Text, Time};
-use super::table::{ascii, given_or, respell, settings, Setting, ToEngine};
-use super::{auth, DedupMode, EngineBuilder, OverflowPolicy, UserLimits, MIN_API_KEY_BYTES};
+use super::syntax::{Addr, Bool, Count, Kind, List, Named, Opt, Secret, Size, Syntax, Text, Time};
+use super::table::{ascii, given_or, respell, settings};
+use super::MIN_API_KEY_BYTES;
+use crate::server::auth;
+use crate::{DedupMode, EngineBuilder, OverflowPolicy, UserLimits};
 
 const DEFAULT_FRAME_BYTES: usize = 64 * 1024;
 
@@ -43,14 +45,14 @@ settings! {
         /// environment or the file: flags show in the process list.
         jwt_secret: Option<String> = None, Opt<Secret>,
             shown "none; with api_key also unset, development mode generates both",
-            check min_bytes(auth::MIN_SECRET_BYTES, "HS256 needs at least 32 (RFC 7518 section 3.2)");
+            check min_bytes(auth::MIN_SECRET_BYTES, " for HS256 (RFC 7518 section 3.2)");
 
         /// Key for the HTTP publish API, sent as Authorization: Bearer followed by the key, at
         /// least 16 bytes. With only one of jwt_secret and api_key set the server does not
         /// start.
         api_key: Option<String> = None, Opt<Secret>, value "KEY",
             shown "none; with jwt_secret also unset, development mode generates both",
-            check min_bytes(MIN_API_KEY_BYTES, "at least 16 are required");
+            check min_bytes(MIN_API_KEY_BYTES, "");
 
         /// Origins allowed to open WebSocket connections, comma-separated, each exactly
         /// scheme://host or scheme://host:port; others get 403. A request without Origin (not
@@ -161,6 +163,69 @@ settings! {
         /// What counts as a duplicate message: off, ids or ids-and-content.
         dedup: Option<DedupMode> = None, Opt<Named<DedupMode>>, value "off|ids|ids-and-content",
             shown DedupMode::default(), engine dedup;
+    }
+}
+
+/// One setting, as the rest of the module sees it.
+pub(super) struct Setting {
+    /// The file key, and the name errors use.
+    pub(super) name: &'static str,
+    /// `name` with dashes.
+    pub(super) flag: &'static str,
+    pub(super) env: &'static str,
+    /// The `--help` section it is listed under.
+    pub(super) heading: &'static str,
+    /// The field's doc comment, which `--help` and docs/configuration.md show too.
+    pub(super) help: &'static str,
+    pub(super) value_name: &'static str,
+    pub(super) kind: Kind,
+    /// Never echoed: errors and `Debug` show `<redacted>` or a fingerprint instead.
+    pub(super) secret: bool,
+    /// What `--help` and the docs say the default is, given the defaults.
+    pub(super) default_text: fn(&ServerConfig) -> String,
+    /// Parses a value from any source into the field.
+    pub(super) set: fn(&mut ServerConfig, &str) -> Result<(), String>,
+    /// The field's value as errors and `Debug` show it.
+    pub(super) show: fn(&ServerConfig) -> String,
+    /// The setting's own limits (checks across settings are in `resolve`).
+    pub(super) check: fn(&ServerConfig) -> Result<(), String>,
+    /// For a setting whose default is another setting's value: copies it when no source
+    /// gave this one.
+    pub(super) follow: Option<fn(&mut ServerConfig)>,
+    /// For an engine setting: hands a given value to the engine builder.
+    pub(super) forward: Option<fn(&ServerConfig, &mut ToEngine)>,
+}
+
+impl Setting {
+    /// The `TETHER_*` variable.
+    pub(super) fn env(&self) -> &'static str {
+        self.env
+    }
+
+    pub(super) fn help_text(&self) -> String {
+        let default = (self.default_text)(&ServerConfig::default());
+        format!("{} [env: {}] [default: {default}]", self.help, self.env)
+    }
+}
+
+/// The engine builder with the per-user limits that settings give one by one and the engine
+/// takes as one [`UserLimits`].
+#[derive(Default)]
+pub(super) struct ToEngine {
+    pub(super) builder: EngineBuilder,
+    limits: Option<UserLimits>,
+}
+
+impl ToEngine {
+    pub(super) fn limits(&mut self) -> &mut UserLimits {
+        self.limits.get_or_insert_with(UserLimits::default)
+    }
+
+    pub(super) fn finish(self) -> EngineBuilder {
+        match self.limits {
+            Some(limits) => self.builder.user_limits(limits),
+            None => self.builder,
+        }
     }
 }
 

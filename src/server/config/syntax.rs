@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::auth;
+use crate::server::auth;
 
 /// How the flag of a setting takes its value.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,73 +1,7 @@
-//! The table of settings: [`settings!`] turns one declaration per setting into the
-//! [`ServerConfig`](super::ServerConfig) struct, its `Default`, and a [`Setting`] row that
-//! everything else (flags, `--help`, variables, file keys, parsing, checks, `Debug`, the engine
-//! builder, the docs table) reads.
-
-use super::syntax::Kind;
-use super::{EngineBuilder, ServerConfig, UserLimits};
-
-/// One setting, as the rest of the module sees it.
-pub(super) struct Setting {
-    /// The file key, and the name errors use.
-    pub(super) name: &'static str,
-    /// `name` with dashes.
-    pub(super) flag: &'static str,
-    pub(super) env: &'static str,
-    /// The `--help` section it is listed under.
-    pub(super) heading: &'static str,
-    /// The field's doc comment, which `--help` and docs/configuration.md show too.
-    pub(super) help: &'static str,
-    pub(super) value_name: &'static str,
-    pub(super) kind: Kind,
-    /// Never echoed: errors and `Debug` show `<redacted>` or a fingerprint instead.
-    pub(super) secret: bool,
-    /// What `--help` and the docs say the default is, given the defaults.
-    pub(super) default_text: fn(&ServerConfig) -> String,
-    /// Parses a value from any source into the field.
-    pub(super) set: fn(&mut ServerConfig, &str) -> Result<(), String>,
-    /// The field's value as errors and `Debug` show it.
-    pub(super) show: fn(&ServerConfig) -> String,
-    /// The setting's own limits (checks across settings are in `resolve`).
-    pub(super) check: fn(&ServerConfig) -> Result<(), String>,
-    /// For a setting whose default is another setting's value: copies it when no source
-    /// gave this one.
-    pub(super) follow: Option<fn(&mut ServerConfig)>,
-    /// For an engine setting: hands a given value to the engine builder.
-    pub(super) forward: Option<fn(&ServerConfig, &mut ToEngine)>,
-}
-
-impl Setting {
-    /// The `TETHER_*` variable.
-    pub(super) fn env(&self) -> &'static str {
-        self.env
-    }
-
-    pub(super) fn help_text(&self) -> String {
-        let default = (self.default_text)(&ServerConfig::default());
-        format!("{} [env: {}] [default: {default}]", self.help, self.env)
-    }
-}
-
-/// The engine builder with the per-user limits that settings give one by one and the engine
-/// takes as one [`UserLimits`].
-#[derive(Default)]
-pub(super) struct ToEngine {
-    pub(super) builder: EngineBuilder,
-    limits: Option<UserLimits>,
-}
-
-impl ToEngine {
-    pub(super) fn limits(&mut self) -> &mut UserLimits {
-        self.limits.get_or_insert_with(UserLimits::default)
-    }
-
-    pub(super) fn finish(self) -> EngineBuilder {
-        match self.limits {
-            Some(limits) => self.builder.user_limits(limits),
-            None => self.builder,
-        }
-    }
-}
+//! The machinery of the table of settings: [`settings!`] turns one declaration per setting
+//! into the [`ServerConfig`](super::ServerConfig) struct, its `Default`, and a `Setting` row
+//! that everything else (flags, `--help`, variables, file keys, parsing, checks, `Debug`, the
+//! engine builder, the docs table) reads.
 
 /// `name` respelled at compile time, as a flag (`max-frame-bytes`) or, with a prefix and in
 /// upper case, a variable (`TETHER_MAX_FRAME_BYTES`): clap and [`Origin::Flag`](super::Origin)
@@ -156,6 +90,7 @@ macro_rules! settings {
             }
         }
 
+        /// Every setting, in the order of `--help` and the docs.
         pub(super) static SETTINGS: &[Setting] = &[$($(Setting {
             name: stringify!($name),
             flag: {

@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime};
 use clap::Command;
 
 use super::credentials::{API_KEY, JWT_SECRET};
-use super::settings::{setting, SETTINGS};
+use super::settings::{setting, Setting, SETTINGS};
 use super::syntax::Kind;
-use super::table::{self, Setting};
+use super::table;
 use super::*;
-use crate::UserLimits;
+use crate::{DedupMode, OverflowPolicy, UserLimits};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
