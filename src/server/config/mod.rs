@@ -108,7 +108,7 @@ impl fmt::Display for Origin {
 
 /// Why the server's settings cannot be used. Each variant names the setting (or file) at
 /// fault. Distinct from the engine's [`tether::ConfigError`](crate::ConfigError), which
-/// [`EngineBuilder::build`] returns for the engine settings the server forwards.
+/// [`EngineBuilder::build`](crate::EngineBuilder::build) returns for the engine settings the server forwards.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConfigError {
