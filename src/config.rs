@@ -1,6 +1,8 @@
 //! Engine settings: a builder whose every setter documents its default, validated by `build`.
 
+use std::fmt;
 use std::num::NonZeroUsize;
+use std::str::FromStr;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -24,6 +26,55 @@ pub enum DedupMode {
     IdsAndContent,
 }
 
+impl DedupMode {
+    /// Each mode with the name [`FromStr`] reads and [`Display`](fmt::Display) writes.
+    const NAMES: [(Self, &'static str); 3] = [
+        (Self::Off, "off"),
+        (Self::Ids, "ids"),
+        (Self::IdsAndContent, "ids-and-content"),
+    ];
+}
+
+/// Reads `off`, `ids` or `ids-and-content`, the names settings files and flags use.
+///
+/// ```
+/// use tether::DedupMode;
+///
+/// assert_eq!("ids-and-content".parse(), Ok(DedupMode::IdsAndContent));
+/// assert_eq!(DedupMode::Off.to_string(), "off");
+/// assert!("everything".parse::<DedupMode>().is_err());
+/// ```
+impl FromStr for DedupMode {
+    type Err = ParseDedupModeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::NAMES
+            .iter()
+            .find(|(_, name)| *name == text)
+            .map(|(mode, _)| *mode)
+            .ok_or(ParseDedupModeError(()))
+    }
+}
+
+impl fmt::Display for DedupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::NAMES.iter().find(|(m, _)| m == self).map(|(_, n)| *n);
+        f.write_str(name.unwrap_or_default())
+    }
+}
+
+/// A name that is no [`DedupMode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseDedupModeError(());
+
+impl fmt::Display for ParseDedupModeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected off, ids or ids-and-content")
+    }
+}
+
+impl std::error::Error for ParseDedupModeError {}
+
 /// What a full mailbox does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OverflowPolicy {
@@ -37,6 +88,55 @@ pub enum OverflowPolicy {
     /// Refuse the new message ([`RejectReason::MailboxFull`](crate::RejectReason::MailboxFull)).
     Reject,
 }
+
+impl OverflowPolicy {
+    /// Each policy with the name [`FromStr`] reads and [`Display`](fmt::Display) writes.
+    const NAMES: [(Self, &'static str); 3] = [
+        (Self::DropOldest, "drop-oldest"),
+        (Self::DropNewest, "drop-newest"),
+        (Self::Reject, "reject"),
+    ];
+}
+
+/// Reads `drop-oldest`, `drop-newest` or `reject`, the names settings files and flags use.
+///
+/// ```
+/// use tether::OverflowPolicy;
+///
+/// assert_eq!("reject".parse(), Ok(OverflowPolicy::Reject));
+/// assert_eq!(OverflowPolicy::DropNewest.to_string(), "drop-newest");
+/// assert!("drop-all".parse::<OverflowPolicy>().is_err());
+/// ```
+impl FromStr for OverflowPolicy {
+    type Err = ParseOverflowPolicyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::NAMES
+            .iter()
+            .find(|(_, name)| *name == text)
+            .map(|(policy, _)| *policy)
+            .ok_or(ParseOverflowPolicyError(()))
+    }
+}
+
+impl fmt::Display for OverflowPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::NAMES.iter().find(|(p, _)| p == self).map(|(_, n)| *n);
+        f.write_str(name.unwrap_or_default())
+    }
+}
+
+/// A name that is no [`OverflowPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseOverflowPolicyError(());
+
+impl fmt::Display for ParseOverflowPolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("expected drop-oldest, drop-newest or reject")
+    }
+}
+
+impl std::error::Error for ParseOverflowPolicyError {}
 
 /// Caps on what one user's mailbox holds while waiting for delivery (the backlog, not counting
 /// the messages in the delivery window).
@@ -482,4 +582,34 @@ pub enum ConfigError {
     /// A worker thread could not be started.
     #[error("could not start a shard worker: {0}")]
     Spawn(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_policy_names_round_trip() {
+        for (policy, name) in OverflowPolicy::NAMES {
+            assert_eq!(name.parse(), Ok(policy));
+            assert_eq!(policy.to_string(), name);
+        }
+        for bad in ["", "Reject", "drop_oldest", " reject"] {
+            assert_eq!(
+                bad.parse::<OverflowPolicy>(),
+                Err(ParseOverflowPolicyError(()))
+            );
+        }
+    }
+
+    #[test]
+    fn dedup_mode_names_round_trip() {
+        for (mode, name) in DedupMode::NAMES {
+            assert_eq!(name.parse(), Ok(mode));
+            assert_eq!(mode.to_string(), name);
+        }
+        for bad in ["", "Ids", "ids_and_content", "ids "] {
+            assert_eq!(bad.parse::<DedupMode>(), Err(ParseDedupModeError(())));
+        }
+    }
 }

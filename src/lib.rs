@@ -82,7 +82,8 @@ pub mod fuzz;
 
 pub use backoff::Backoff;
 pub use config::{
-    Config, ConfigError, DedupMode, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits,
+    Config, ConfigError, DedupMode, EngineBuilder, OverflowPolicy, ParseDedupModeError,
+    ParseOverflowPolicyError, ShedThresholds, UserLimits,
 };
 pub use engine::{Engine, PendingOutcome, Session};
 pub use error::{

@@ -433,6 +433,7 @@ async fn unknown_routes_and_wrong_methods_are_refused() {
     assert_eq!(r.json()["error"]["code"], "not_found");
     let r = http(&server, "GET", "/api/publish", Some(&bearer()), "").await;
     assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
     // /echo exists only when asked for.
     let r = http(&server, "GET", "/echo", None, "").await;
     assert_eq!(r.status, 404);

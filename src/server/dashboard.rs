@@ -39,7 +39,7 @@ use hyper::StatusCode;
 use serde::Serialize;
 use serde_json::json;
 
-use super::http::{error, json, Body};
+use super::response::{error, json, text, Body};
 use super::Shared;
 use crate::breaker::{BreakerCell, BreakerState, Transition};
 use crate::metrics::{Histogram, MetricsSnapshot};
@@ -435,7 +435,7 @@ impl Drop for BreakerWatch<'_> {
 /// `GET /dashboard`: the page, with a Content-Security-Policy that allows exactly its own
 /// inline script (by hash), its inline styles and requests to this origin.
 pub(crate) fn page() -> hyper::Response<Body> {
-    let mut r = super::http::text(StatusCode::OK, "text/html; charset=utf-8", PAGE);
+    let mut r = text(StatusCode::OK, "text/html; charset=utf-8", PAGE);
     let h = r.headers_mut();
     if let Ok(csp) = HeaderValue::from_str(content_security_policy()) {
         h.insert(header::CONTENT_SECURITY_POLICY, csp);

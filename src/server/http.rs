@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -20,21 +19,82 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::config::ServerConfig;
 use super::protocol::{self, FrameError};
-use super::{dashboard, publish_one, ws, Published, Shared};
+use super::response::{error, json, text, try_later, Body};
+use super::ws::{self, Upgrade};
+use super::{dashboard, publish_one, Published, Shared};
 use crate::InvalidInput;
 
-pub(super) type Body = Full<Bytes>;
-
-/// Which WebSocket service an upgrade is for.
+/// What a route does once its method matched.
 #[derive(Clone, Copy)]
-pub(crate) enum Upgrade {
-    Session,
-    Echo,
+enum Handler {
+    WebSocket(Upgrade),
+    Publish,
+    PublishBatch,
+    Metrics,
+    Stats,
+    Health,
+    DashboardPage,
+    DashboardData,
 }
 
-/// How long a client told to try later should wait.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// One path: whether this server serves it, and what each method it allows does.
+struct Route {
+    path: &'static str,
+    /// A route a setting turns off answers 404, as a path that never existed.
+    served: fn(&ServerConfig) -> bool,
+    methods: &'static [(Method, Handler)],
+}
+
+/// Every route: dispatch, 404 and 405 with its `Allow` header are all read from here.
+const ROUTES: &[Route] = &[
+    Route {
+        path: "/ws",
+        served: |_| true,
+        methods: &[(Method::GET, Handler::WebSocket(Upgrade::Session))],
+    },
+    Route {
+        path: "/echo",
+        served: |config| config.echo_route,
+        methods: &[(Method::GET, Handler::WebSocket(Upgrade::Echo))],
+    },
+    Route {
+        path: "/api/publish",
+        served: |_| true,
+        methods: &[(Method::POST, Handler::Publish)],
+    },
+    Route {
+        path: "/api/publish_batch",
+        served: |_| true,
+        methods: &[(Method::POST, Handler::PublishBatch)],
+    },
+    Route {
+        path: "/metrics",
+        served: |_| true,
+        methods: &[(Method::GET, Handler::Metrics)],
+    },
+    Route {
+        path: "/api/stats",
+        served: |_| true,
+        methods: &[(Method::GET, Handler::Stats)],
+    },
+    Route {
+        path: "/healthz",
+        served: |_| true,
+        methods: &[(Method::GET, Handler::Health)],
+    },
+    Route {
+        path: "/dashboard",
+        served: ServerConfig::dashboard_enabled,
+        methods: &[(Method::GET, Handler::DashboardPage)],
+    },
+    Route {
+        path: "/api/dashboard",
+        served: ServerConfig::dashboard_enabled,
+        methods: &[(Method::GET, Handler::DashboardData)],
+    },
+];
 
 /// Serves one TCP connection: HTTP requests until it closes, or a WebSocket after an upgrade.
 pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -79,72 +139,44 @@ async fn route(
     shared: &Arc<Shared>,
     upgrade: &Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade)>>,
 ) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => websocket(req, shared, upgrade, Upgrade::Session),
-        (&Method::GET, "/echo") if shared.config.echo_route => {
-            websocket(req, shared, upgrade, Upgrade::Echo)
-        }
-        (&Method::POST, "/api/publish") => publish(req, shared, false).await,
-        (&Method::POST, "/api/publish_batch") => publish(req, shared, true).await,
-        (&Method::GET, "/metrics") => text(
+    let path = req.uri().path();
+    let served = |r: &&Route| r.path == path && (r.served)(&shared.config);
+    let Some(route) = ROUTES.iter().find(served) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    };
+    let Some(&(_, handler)) = route.methods.iter().find(|(m, _)| m == req.method()) else {
+        return method_not_allowed(route);
+    };
+    match handler {
+        Handler::WebSocket(kind) => websocket(req, shared, upgrade, kind),
+        Handler::Publish => publish(req, shared, false).await,
+        Handler::PublishBatch => publish(req, shared, true).await,
+        Handler::Metrics => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             metrics_text(shared),
         ),
-        (&Method::GET, "/api/stats") => json(StatusCode::OK, stats_json(shared)),
-        (&Method::GET, "/healthz") if shared.is_stopping() => {
+        Handler::Stats => json(StatusCode::OK, stats_json(shared)),
+        Handler::Health if shared.is_stopping() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n")
         }
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/dashboard") if shared.config.dashboard_enabled() => dashboard::page(),
-        (&Method::GET, "/api/dashboard") if shared.config.dashboard_enabled() => {
-            dashboard::data(req.headers(), req.uri().query(), shared).await
-        }
-        (_, "/dashboard" | "/api/dashboard") if shared.config.dashboard_enabled() => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "wrong method for this route",
-        ),
-        (
-            _,
-            "/ws" | "/api/publish" | "/api/publish_batch" | "/metrics" | "/api/stats" | "/healthz",
-        ) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "wrong method for this route",
-        ),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        Handler::Health => text(StatusCode::OK, "text/plain", "ok\n"),
+        Handler::DashboardPage => dashboard::page(),
+        Handler::DashboardData => dashboard::data(req.headers(), req.uri().query(), shared).await,
     }
 }
 
-pub(super) fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-pub(super) fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    text(status, "application/json", body)
-}
-
-/// `{"error":{"code":..,"message":..}}` with `status`.
-pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
-    json(status, body.to_string())
-}
-
-fn try_later(message: &str) -> Response<Body> {
-    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "try_later", message);
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(RETRY_AFTER.as_secs()),
+/// 405, with the route's methods in `Allow` as RFC 9110 asks.
+fn method_not_allowed(route: &Route) -> Response<Body> {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "wrong method for this route",
     );
+    let allowed: Vec<&str> = route.methods.iter().map(|(m, _)| m.as_str()).collect();
+    if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+        r.headers_mut().insert(header::ALLOW, value);
+    }
     r
 }
 
@@ -425,4 +457,29 @@ fn front_series(shared: &Shared) -> Vec<(&'static str, &'static str, &'static st
             get(&s.frames_in),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_path_is_routed_once_with_its_methods() {
+        for (i, route) in ROUTES.iter().enumerate() {
+            assert!(!route.methods.is_empty(), "{}", route.path);
+            let later = &ROUTES[i + 1..];
+            assert!(later.iter().all(|r| r.path != route.path), "{}", route.path);
+        }
+    }
+
+    #[test]
+    fn method_not_allowed_lists_the_allowed_methods() {
+        let publish = ROUTES.iter().find(|r| r.path == "/api/publish");
+        let r = method_not_allowed(publish.expect("the publish route"));
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            r.headers().get(header::ALLOW).map(|v| v.as_bytes()),
+            Some(&b"POST"[..])
+        );
+    }
 }

@@ -30,6 +30,7 @@ pub mod config;
 mod dashboard;
 mod http;
 pub mod protocol;
+mod response;
 mod ws;
 
 use std::net::SocketAddr;

@@ -26,12 +26,18 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 use tokio_tungstenite::WebSocketStream;
 
-use super::http::Upgrade;
 use super::protocol::{self as wire, ClientFrame};
 use super::{publish_one, FrontStats, Published, Shared};
 use crate::{CloseReason, ConnectError, EndReason, Session};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Which WebSocket service an upgraded connection runs.
+#[derive(Clone, Copy)]
+pub(crate) enum Upgrade {
+    Session,
+    Echo,
+}
 
 /// Deliveries taken from the engine in one go, written with one flush.
 const BATCH: usize = 64;
