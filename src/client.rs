@@ -126,8 +126,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::server::auth::fingerprint;
-use crate::server::protocol::{
+use crate::protocol::fingerprint;
+use crate::protocol::{
     CLOSE_PROTOCOL_VIOLATION, CLOSE_REPLACED, CLOSE_TRY_LATER, CLOSE_UNAUTHORIZED,
 };
 use crate::{Backoff, Epoch, Priority, ResumePoint};
@@ -1940,7 +1940,7 @@ mod tests {
 
     #[test]
     fn try_later_reasons_parse_with_a_fallback() {
-        use crate::server::protocol::try_later_reason;
+        use crate::protocol::try_later_reason;
         assert_eq!(
             retry_after_of(&try_later_reason(Duration::from_millis(1500))),
             Duration::from_millis(1500)
@@ -1995,7 +1995,7 @@ mod tests {
 
     #[test]
     fn publish_frames_decode_on_the_server() {
-        use crate::server::protocol::{decode_client_frame, decode_publish_request, ClientFrame};
+        use crate::protocol::{decode_client_frame, decode_publish_request, ClientFrame};
         let p = Publish::raw("bob", r#" {"n": 1.50} "#)
             .expect("json")
             .priority(Priority::Low)

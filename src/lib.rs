@@ -57,6 +57,8 @@ mod mailbox;
 mod message;
 mod metrics;
 mod park;
+#[cfg(all(feature = "server", not(loom)))]
+pub mod protocol;
 pub mod ring;
 #[cfg(all(feature = "server", not(loom)))]
 pub mod server;

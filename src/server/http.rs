@@ -20,8 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::protocol::{self, FrameError};
 use super::{dashboard, publish_one, ws, Published, Shared};
+use crate::protocol::{self, FrameError};
 use crate::InvalidInput;
 
 pub(super) type Body = Full<Bytes>;
