@@ -103,7 +103,6 @@
 #![forbid(unsafe_code)]
 
 mod frame;
-pub mod load;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
