@@ -39,13 +39,24 @@
 //! mailboxes, fed by a bounded lock-free inbox ([`ring::mpsc`]); a session receives through a
 //! bounded lock-free outbox ([`ring::spsc`]) sized to the delivery window. See `DESIGN.md` and
 //! the module docs of `shard`, `mailbox` and `ring`.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `server` (default) | `server`: the WebSocket and HTTP front end, and the `tether` binary |
+//! | `client` (default) | `client`: a Rust client that reconnects and resumes by itself |
+//!
+//! Either adds `protocol`, the wire format both speak. With neither
+//! (`default-features = false`) the crate is the engine alone; with only `client` it builds
+//! without the server's dependencies (no hyper, clap, toml, tracing-subscriber or mimalloc).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 mod backoff;
 pub mod breaker;
 mod budget;
-#[cfg(all(feature = "server", not(loom)))]
+#[cfg(all(feature = "client", not(loom)))]
 pub mod client;
 mod clock;
 mod config;
@@ -57,7 +68,7 @@ mod mailbox;
 mod message;
 mod metrics;
 mod park;
-#[cfg(all(feature = "server", not(loom)))]
+#[cfg(all(any(feature = "server", feature = "client"), not(loom)))]
 pub mod protocol;
 pub mod ring;
 #[cfg(all(feature = "server", not(loom)))]

@@ -410,6 +410,7 @@ impl Session {
     }
 
     /// The session's circuit breaker, shared with its shard worker.
+    #[cfg(all(feature = "server", not(loom)))]
     pub(crate) fn breaker_cell(&self) -> &Arc<BreakerCell> {
         self.breaker.cell()
     }

@@ -1,7 +1,7 @@
 //! The load generator (the `tether-load` binary) against an in-process server on 127.0.0.1:0:
 //! every message checked, with random disconnects and resumes; what it found is read back
 //! from its `--json` line, its exit code and its stderr.
-#![cfg(feature = "server")]
+#![cfg(all(feature = "server", feature = "client"))]
 
 mod wire;
 
