@@ -74,6 +74,7 @@ impl Backoff {
     /// A copy for one more user of this schedule (a client's connection task): with a seed of
     /// its own, unless [`with_seed`](Self::with_seed) fixed one, so that clients built from
     /// one configuration do not retry in lockstep.
+    #[cfg(all(feature = "client", not(loom)))]
     pub(crate) fn reseeded(&self) -> Self {
         let mut copy = self.clone();
         if !self.seeded {

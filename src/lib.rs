@@ -47,6 +47,17 @@
 //! on their own: [`sync`] (the bounded MPSC and SPSC rings), [`time`] (the hierarchical timing
 //! wheel and the clock) and [`breaker`] (the circuit breaker). Everything else in the engine is
 //! private.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `server` (default) | `server`: the WebSocket and HTTP front end, and the `tether` binary |
+//! | `client` (default) | `client`: a Rust client that reconnects and resumes by itself |
+//!
+//! Either adds `protocol`, the wire format both speak. With neither
+//! (`default-features = false`) the crate is the engine alone; with only `client` it builds
+//! without the server's dependencies (no hyper, clap, toml, tracing-subscriber or mimalloc).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -71,8 +82,10 @@ pub mod time;
 mod engine;
 
 // The network: the wire protocol, the Rust client, the server.
-#[cfg(all(feature = "server", not(loom)))]
+#[cfg(all(feature = "client", not(loom)))]
 pub mod client;
+#[cfg(all(any(feature = "server", feature = "client"), not(loom)))]
+pub mod protocol;
 #[cfg(all(feature = "server", not(loom)))]
 pub mod server;
 

@@ -322,6 +322,42 @@ impl Default for Histogram {
 }
 
 impl Histogram {
+    /// Counts one sample of `us` microseconds, for a program that measures latencies of its
+    /// own with the engine's buckets (the `tether-load` binary does).
+    ///
+    /// ```
+    /// let mut h = tether::Histogram::default();
+    /// for us in [100, 200, 300] {
+    ///     h.record(us);
+    /// }
+    /// assert_eq!((h.count, h.sum_us, h.max_us), (3, 600, 300));
+    /// assert_eq!(h.quantile(1.0), Some(300));
+    /// ```
+    pub fn record(&mut self, us: u64) {
+        self.buckets[bucket_of(us)] += 1;
+        self.count += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// Adds `other`'s samples to these, as if every one had been recorded here.
+    ///
+    /// ```
+    /// let (mut a, mut b) = (tether::Histogram::default(), tether::Histogram::default());
+    /// a.record(10);
+    /// b.record(1_000);
+    /// a.merge(&b);
+    /// assert_eq!((a.count, a.max_us), (2, 1_000));
+    /// ```
+    pub fn merge(&mut self, other: &Histogram) {
+        for (sum, n) in self.buckets.iter_mut().zip(&other.buckets) {
+            *sum += n;
+        }
+        self.count += other.count;
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
     /// The value (µs) at or below which a fraction `q` (0..=1) of samples fall, as the upper
     /// bound of the bucket that holds that sample (at most 12.5 % above the true value);
     /// `None` without samples.
@@ -726,6 +762,27 @@ mod tests {
         shared.add_to(&mut h);
         assert_eq!(h.count, 3);
         assert_eq!(h.buckets().map(|(_, n)| n).sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn recorded_and_merged_samples_land_in_the_shards_buckets() {
+        let (mut local, shared) = (LocalHistogram::new(), SharedHistogram::new());
+        let (mut direct, mut other) = (Histogram::default(), Histogram::default());
+        for us in [0, 15, 16, 1_000, 123_456, u64::MAX] {
+            local.record(us);
+            if us < 1_000 {
+                direct.record(us);
+            } else {
+                other.record(us);
+            }
+        }
+        shared.publish(&mut local);
+        let mut from_shard = Histogram::default();
+        shared.add_to(&mut from_shard);
+        direct.merge(&other);
+        assert_eq!(direct, from_shard);
+        assert_eq!(direct.count, 6);
+        assert_eq!(direct.sum_us, u64::MAX, "the sum saturates");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The Rust client against the real server, in-process on 127.0.0.1:0: delivery and
 //! auto-ack, manual acks and redelivery, resume through abrupt disconnects (a TCP proxy the
 //! test cuts), and the close codes that stop the client.
-#![cfg(feature = "server")]
+#![cfg(all(feature = "server", feature = "client"))]
 
 mod wire;
 

@@ -7,6 +7,7 @@
 //! (`apt-get install -y chromium`; `TETHER_CHROMIUM` may name another binary). The 1280x800
 //! screenshot is saved as `target/dashboard.png`; with `TETHER_UPDATE_SCREENSHOT=1` it is also
 //! copied to `docs/dashboard.png`, the picture the README shows.
+#![cfg(all(feature = "server", unix))]
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;

@@ -1,13 +1,16 @@
-//! The load generator against an in-process server on 127.0.0.1:0: every message checked,
-//! with random disconnects and resumes, through the library and through the binary.
-#![cfg(feature = "server")]
+//! The load generator (the `tether-load` binary) against an in-process server on 127.0.0.1:0:
+//! every message checked, with random disconnects and resumes; what it found is read back
+//! from its `--json` line, its exit code and its stderr.
+#![cfg(all(feature = "server", feature = "client"))]
 
 mod wire;
 
+use std::io::Read;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
-use tether::client::load::{self, LoadConfig, LoadError};
+use serde_json::Value;
 use tether::server::Server;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,34 +22,147 @@ async fn start() -> Server {
     wire::server(&[]).await
 }
 
-fn config(server: &Server) -> LoadConfig {
-    let mut c = LoadConfig::new(format!("ws://{}", server.local_addr()), API_KEY, SECRET);
-    c.clients = 4;
-    c.publishers = 2;
-    c.duration = Duration::from_secs(2);
-    c.drain = Duration::from_secs(10);
-    c
+/// What one run of the binary left behind.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The last line of stdout: the report, or the error, as JSON.
+    fn json(&self) -> Value {
+        let last = self
+            .stdout
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("{self}"));
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {self}"))
+    }
+
+    /// The report's field `name`, which must be an unsigned integer.
+    fn count(&self, name: &str) -> u64 {
+        self.json()[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name}: {self}"))
+    }
+
+    /// True if the run found nothing wrong (the binary's exit code 0).
+    fn is_clean(&self) -> bool {
+        self.status.code() == Some(0)
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `tether-load` against `url` with `args`, and the test credentials unless `args` has
+/// its own. The run must end by itself within [`wire::GUARD`]; past that it is killed and the
+/// test fails.
+async fn load(url: String, args: &[&str]) -> Run {
+    let mut all = vec!["--url".to_owned(), url];
+    for (flag, value) in [("--api-key", API_KEY), ("--jwt-secret", SECRET)] {
+        if !args.contains(&flag) {
+            all.extend([flag.to_owned(), value.to_owned()]);
+        }
+    }
+    all.extend(args.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether-load"))
+            .args(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tether-load starts");
+        // Read both pipes while waiting, so a full pipe never stalls the child.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_string(&mut text);
+                }
+                text
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+        let deadline = Instant::now() + wire::GUARD;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tether-load did not end within {:?}", wire::GUARD);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Run {
+            status,
+            stdout: stdout.join().expect("stdout"),
+            stderr: stderr.join().expect("stderr"),
+        }
+    })
+    .await
+    .expect("join")
+}
+
+fn url(server: &Server) -> String {
+    format!("ws://{}", server.local_addr())
+}
+
+/// The settings every run here starts from (4 clients, 2 publishers, 2 s, drain up to 10 s,
+/// `--json`), with `extra` flags and values in place of those or added.
+fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<&'a str> {
+    let mut flags = vec![
+        ("--clients", "4"),
+        ("--publishers", "2"),
+        ("--duration", "2s"),
+        ("--drain", "10s"),
+    ];
+    for &(flag, value) in extra {
+        match flags.iter_mut().find(|(f, _)| *f == flag) {
+            Some(slot) => slot.1 = value,
+            None => flags.push((flag, value)),
+        }
+    }
+    let mut args: Vec<&str> = flags.into_iter().flat_map(|(f, v)| [f, v]).collect();
+    args.push("--json");
+    args
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_arrives_once_through_random_disconnects() {
     let server = start().await;
-    let mut c = config(&server);
-    c.disconnect_every = Some(Duration::from_millis(200));
-    c.payload_bytes = 256;
-    let mut ticks = 0;
-    let report = load::run(c, |_| ticks += 1).await.expect("the run");
-    println!("{}", report.summary());
-    assert!(report.delivered > 0, "{report:?}");
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert_eq!(report.duplicates, 0, "{report:?}");
-    assert_eq!(report.unexpected, 0, "{report:?}");
-    assert_eq!(report.delivered, report.published, "{report:?}");
-    assert!(report.errors.is_empty(), "{report:?}");
-    assert!(report.reconnects > 0, "{report:?}");
-    assert!(report.is_clean());
-    assert!(ticks > 0, "progress was reported");
-    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
+    let run = load(
+        url(&server),
+        &with(&[("--disconnect-every", "200ms"), ("--payload-bytes", "256")]),
+    )
+    .await;
+    println!("{}", run.stdout);
+    assert!(run.count("delivered") > 0, "{run}");
+    assert_eq!(run.count("lost"), 0, "{run}");
+    assert_eq!(run.count("duplicates"), 0, "{run}");
+    assert_eq!(run.count("unexpected"), 0, "{run}");
+    assert_eq!(run.count("delivered"), run.count("published"), "{run}");
+    assert_eq!(run.json()["errors"], Value::Array(vec![]), "{run}");
+    assert!(run.count("reconnects") > 0, "{run}");
+    assert!(run.is_clean(), "{run}");
+    let ticks = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains("published"))
+        .count();
+    assert!(ticks > 0, "progress was reported: {run}");
+    let json = run.json();
     assert_eq!(
         (json["lost"].as_u64(), json["misrouted"].as_u64()),
         (Some(0), Some(0))
@@ -64,14 +180,18 @@ async fn every_message_arrives_once_through_random_disconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_and_a_message_cap() {
     let server = start().await;
-    let mut c = config(&server);
-    c.batch = 16;
-    c.messages = Some(1000);
-    c.duration = Duration::from_secs(30);
-    let report = load::run(c, |_| {}).await.expect("the run");
-    assert_eq!(report.published, 1000, "{report:?}");
-    assert_eq!(report.delivered, 1000, "{report:?}");
-    assert!(report.is_clean(), "{report:?}");
+    let run = load(
+        url(&server),
+        &with(&[
+            ("--batch", "16"),
+            ("--messages", "1000"),
+            ("--duration", "30s"),
+        ]),
+    )
+    .await;
+    assert_eq!(run.count("published"), 1000, "{run}");
+    assert_eq!(run.count("delivered"), 1000, "{run}");
+    assert!(run.is_clean(), "{run}");
     server.shutdown().await;
 }
 
@@ -79,77 +199,82 @@ async fn batches_and_a_message_cap() {
 async fn losses_to_the_overflow_policy_are_attributed_to_evictions() {
     // Tiny caps: the publishers outrun the client, and DropOldest evicts queued messages.
     let server = wire::server(&["--window", "4", "--max-messages-per-user", "5"]).await;
-    let mut c = config(&server);
-    c.clients = 1;
-    c.batch = 32;
-    c.duration = Duration::from_millis(500);
-    let report = load::run(c, |_| {}).await.expect("the run");
-    assert!(report.lost <= report.evicted, "{report:?}");
+    let run = load(
+        url(&server),
+        &with(&[
+            ("--clients", "1"),
+            ("--batch", "32"),
+            ("--duration", "500ms"),
+        ]),
+    )
+    .await;
+    assert!(run.count("lost") <= run.count("evicted"), "{run}");
     assert_eq!(
-        report.delivered + report.lost,
-        report.published,
-        "{report:?}"
+        run.count("delivered") + run.count("lost"),
+        run.count("published"),
+        "{run}"
     );
-    assert_eq!((report.duplicates, report.unexpected), (0, 0), "{report:?}");
-    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(
+        (run.count("duplicates"), run.count("unexpected")),
+        (0, 0),
+        "{run}"
+    );
+    assert!(run.is_clean(), "{run}");
     // A second run on the same users ignores whatever the first left queued.
-    let mut c = config(&server);
-    c.clients = 1;
-    c.duration = Duration::from_millis(300);
-    c.messages = Some(3);
-    let report = load::run(c, |_| {}).await.expect("the run");
-    assert_eq!((report.delivered, report.lost), (3, 0), "{report:?}");
+    let run = load(
+        url(&server),
+        &with(&[
+            ("--clients", "1"),
+            ("--duration", "300ms"),
+            ("--messages", "3"),
+        ]),
+    )
+    .await;
+    assert_eq!((run.count("delivered"), run.count("lost")), (3, 0), "{run}");
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_targets_and_wrong_keys_are_refused() {
     // TEST-NET-1: refused before any connection is attempted.
-    let c = LoadConfig::new("ws://192.0.2.1:7700", API_KEY, SECRET);
-    assert!(matches!(
-        load::run(c, |_| {}).await,
-        Err(LoadError::Remote(_))
-    ));
+    let run = load("ws://192.0.2.1:7700".into(), &["--json"]).await;
+    assert_eq!(run.status.code(), Some(2), "{run}");
+    assert_eq!(run.json()["error"]["kind"], "remote", "{run}");
 
     let server = start().await;
-    let mut c = config(&server);
-    c.api_key = "not-the-api-key-at-all".into();
-    match load::run(c, |_| {}).await {
-        Err(LoadError::Publish { status, .. }) => assert_eq!(status, 401),
-        other => panic!("{other:?}"),
-    }
+    let run = load(
+        url(&server),
+        &with(&[("--api-key", "not-the-api-key-at-all")]),
+    )
+    .await;
+    assert_eq!(run.status.code(), Some(2), "{run}");
+    let error = &run.json()["error"];
+    assert_eq!(
+        (error["kind"].as_str(), error["status"].as_u64()),
+        (Some("publish"), Some(401)),
+        "{run}"
+    );
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_prints_a_json_summary() {
     let server = start().await;
-    let url = format!("ws://{}", server.local_addr());
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tether-load"))
-            .args(["--url", &url, "--api-key", API_KEY, "--jwt-secret", SECRET])
-            .args([
-                "--clients",
-                "2",
-                "--publishers",
-                "1",
-                "--duration",
-                "1s",
-                "--json",
-            ])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let last = stdout.lines().last().expect("a JSON line");
-    let json: serde_json::Value = serde_json::from_str(last).expect("json");
+    let run = load(
+        url(&server),
+        &[
+            "--clients",
+            "2",
+            "--publishers",
+            "1",
+            "--duration",
+            "1s",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(run.status.success(), "{run}");
+    let json = run.json();
     assert_eq!(
         (json["clients"].as_u64(), json["lost"].as_u64()),
         (Some(2), Some(0))
@@ -158,13 +283,21 @@ async fn the_binary_prints_a_json_summary() {
     server.shutdown().await;
 }
 
-#[test]
-fn debug_output_never_shows_the_credentials() {
-    let c = LoadConfig::new("ws://127.0.0.1:1", API_KEY, SECRET);
-    let text = format!("{c:?} {c:#?}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_never_shows_the_credentials() {
+    // Nothing listens on port 1: the run stops at the first client, after printing its
+    // settings.
+    let run = load("ws://127.0.0.1:1".into(), &["--clients", "1", "--json"]).await;
+    assert_eq!(run.status.code(), Some(2), "{run}");
+    assert_eq!(run.json()["error"]["kind"], "connect", "{run}");
+    let text = format!("{} {}", run.stdout, run.stderr);
     assert!(!text.contains(API_KEY), "{text}");
     assert!(!text.contains(SECRET), "{text}");
-    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(run.stderr.contains("127.0.0.1:1"), "{text}");
+    assert!(
+        run.stderr.contains(&tether::protocol::fingerprint(API_KEY)),
+        "{text}"
+    );
 }
 
 /// A front on 127.0.0.1:0 for the server at `target`: WebSocket upgrades (`GET`) pass
@@ -203,23 +336,33 @@ async fn silent_publish_front(target: SocketAddr) -> (SocketAddr, JoinHandle<()>
 async fn a_publish_api_that_never_answers_ends_the_run_with_publish_errors() {
     let server = start().await;
     let (front, task) = silent_publish_front(server.local_addr()).await;
-    let mut c = LoadConfig::new(format!("ws://{front}"), API_KEY, SECRET);
-    c.clients = 2;
-    c.publishers = 2;
-    c.duration = Duration::from_secs(1);
-    c.request_timeout = Duration::from_millis(500);
-    c.drain = Duration::from_secs(1);
-    // Before the fix a publisher waited for the answer forever; the guard turns that into a
+    // Before the fix a publisher waited for the answer forever; `load` turns that into a
     // failure instead of a hung test.
-    let report = tokio::time::timeout(wire::GUARD, load::run(c, |_| {}))
-        .await
-        .expect("the run ends by itself")
-        .expect("the run");
-    assert_eq!(report.published, 0, "{report:?}");
-    assert!(report.publish_errors >= 1, "{report:?}");
-    let error = report.publish_error.as_deref().expect("the first error");
+    let run = load(
+        format!("ws://{front}"),
+        &[
+            "--clients",
+            "2",
+            "--publishers",
+            "2",
+            "--duration",
+            "1s",
+            "--request-timeout",
+            "500ms",
+            "--drain",
+            "1s",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(run.count("published"), 0, "{run}");
+    assert!(run.count("publish_errors") >= 1, "{run}");
+    let error = run.json()["publish_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the first error: {run}"))
+        .to_owned();
     assert!(error.contains("no answer within"), "{error}");
-    assert!(report.summary().contains("publish error: no answer"));
+    assert!(run.stdout.contains("publish error: no answer"), "{run}");
     task.abort();
     server.shutdown().await;
 }

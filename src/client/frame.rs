@@ -1,5 +1,5 @@
 //! Wire protocol v1 from the client's side: decoding the frames the server writes
-//! (`tether::server::protocol::encode_*`) and encoding the frames a client sends.
+//! (`tether::protocol::encode_*`) and encoding the frames a client sends.
 //!
 //! Decoding follows the same rules as the server's decoder where they matter to a client:
 //! fields this version does not know are ignored and an unknown `type` is reported as
@@ -532,7 +532,7 @@ impl Serialize for StreamPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::protocol::{
+    use crate::protocol::{
         decode_client_frame, encode_connected, encode_delivery, encode_error, encode_frame_error,
         encode_pong, encode_publish_outcome, encode_publish_result, encode_stream_aborted,
         ClientFrame,

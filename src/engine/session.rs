@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 
-use crate::breaker::{Breaker, BreakerCell, BreakerState, Transition};
+use crate::breaker::{Breaker, BreakerState, Transition};
 use crate::error::{AckError, TryRecvError};
 use crate::loom::Arc;
 use crate::message::{Delivery, UserId};
@@ -232,7 +232,8 @@ impl Session {
     }
 
     /// The session's circuit breaker, shared with its shard worker.
-    pub(crate) fn breaker_cell(&self) -> &Arc<BreakerCell> {
+    #[cfg(all(feature = "server", not(loom)))]
+    pub(crate) fn breaker_cell(&self) -> &Arc<crate::breaker::BreakerCell> {
         self.breaker.cell()
     }
 

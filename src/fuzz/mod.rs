@@ -4,11 +4,11 @@
 //! in `fuzz/corpus/` and fixed-seed random inputs also run under `cargo test`.
 
 mod engine;
-#[cfg(all(feature = "server", not(loom)))]
+#[cfg(all(any(feature = "server", feature = "client"), not(loom)))]
 mod protocol;
 mod wheel;
 
 pub use engine::{describe, engine_ops};
-#[cfg(all(feature = "server", not(loom)))]
+#[cfg(all(any(feature = "server", feature = "client"), not(loom)))]
 pub use protocol::client_frame;
 pub use wheel::wheel_ops;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::server::protocol::{
+use crate::protocol::{
     decode_client_frame, decode_client_frame_shared, decode_publish_request, encode_connected,
     encode_delivery, encode_frame_error, encode_publish_result, ClientFrame, FrameError,
     PublishRequest, MAX_REF_BYTES,

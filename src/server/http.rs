@@ -20,10 +20,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::config::ServerConfig;
-use super::protocol::{self, FrameError};
 use super::response::{error, json, text, try_later, Body};
 use super::ws::{self, Upgrade};
 use super::{dashboard, publish_one, Published, Shared};
+use crate::protocol::{self, FrameError};
 use crate::InvalidInput;
 
 /// What a route does once its method matched.

@@ -29,7 +29,6 @@ pub mod auth;
 pub mod config;
 mod dashboard;
 mod http;
-pub mod protocol;
 mod response;
 mod ws;
 
@@ -43,10 +42,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::protocol::{FrameError, PublishRequest};
 use crate::{Engine, InvalidInput, SendOutcome, ShutdownOptions, ShutdownReport, TrySendError};
 use auth::{ApiKey, JwtVerifier};
 use config::ServerConfig;
-use protocol::{FrameError, PublishRequest};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -188,7 +187,7 @@ impl Server {
     /// The engine behind the server, to send to users or read metrics in-process. A payload
     /// sent this way reaches WebSocket clients as the `data` of a `message` frame, spliced in
     /// as it is, so it must be one JSON value (`Message::new(r#"{"n":1}"#)`, or `"\"text\""`
-    /// for a string); see [`protocol::encode_delivery`].
+    /// for a string); see [`protocol::encode_delivery`](crate::protocol::encode_delivery).
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
     }

@@ -26,8 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 use tokio_tungstenite::WebSocketStream;
 
-use super::protocol::{self as wire, ClientFrame};
 use super::{publish_one, FrontStats, Published, Shared};
+use crate::protocol::{self as wire, ClientFrame};
 use crate::{CloseReason, ConnectError, EndReason, Session};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;

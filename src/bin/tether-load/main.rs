@@ -1,25 +1,72 @@
 //! `tether-load`: drives WebSocket clients and HTTP publishers against a running tether
 //! server for a bounded time, checks that every message arrived exactly once, and prints
-//! throughput and publish-to-receive latency (see `tether::client::load`).
+//! throughput and publish-to-receive latency.
 //!
 //! ```text
 //! tether serve --jwt-secret "$SECRET" --api-key "$KEY" &
 //! tether-load --jwt-secret "$SECRET" --api-key "$KEY" --clients 100 --publishers 4 --duration 10s --json
 //! ```
 //!
-//! A progress line goes to stderr once a second; the summary goes to stdout (with `--json`,
-//! also as one JSON line, last). Exit code 0 for a clean run (no message duplicated or
-//! delivered to the wrong user, and no loss beyond what the server reported evicting for that
-//! user), 1 if the run found a problem, 2 if it could not run.
+//! The settings, fingerprints in place of the credentials, and a progress line once a second
+//! go to stderr; the summary goes to stdout (with `--json`, also as one JSON line, last: the
+//! report, or `{"error":{"kind","message","status"?}}` when the run could not run). Exit code
+//! 0 for a clean run (no message duplicated or delivered to the wrong user, and no loss beyond
+//! what the server reported evicting for that user), 1 if the run found a problem, 2 if it
+//! could not run.
+//!
+//! # How it checks
+//!
+//! Each publisher numbers its messages per recipient (0, 1, 2, ...) and records which
+//! numbers the server accepted (`delivered` or `queued`). Each message's `data` is
+//! `{"r":<run id>,"u":<recipient>,"p":<publisher>,"n":<number>,"t":<µs since the run
+//! started>,"pad":"..."}`; each client records the numbers it received per publisher in a
+//! bitset, ignores messages of other runs (left in the mailboxes of the same `load-N` users
+//! by an earlier, interrupted run), and counts a message stamped for another recipient as
+//! misrouted rather than as its own. After publishing stops, a
+//! drain period lets the last messages arrive (it ends early once everything accepted was
+//! received). Then:
+//!
+//! - **lost**: accepted and never received. The server's overflow policy may drop queued
+//!   messages when a client falls behind (`evicted`, from the publish outcomes); a loss
+//!   beyond a recipient's own evictions is a bug (`lost_beyond_evicted`, per recipient, since
+//!   one user's evictions cannot explain another user's losses);
+//! - **misrouted**: received by a client the message was not addressed to (a bug);
+//! - **duplicates**: received more than once (the client's contract is exactly once with
+//!   auto-ack, reconnects included, so anything here is a bug);
+//! - **unexpected**: received but not accepted (a publish whose HTTP answer was lost: see
+//!   `publish_errors`; otherwise a bug);
+//! - latency: publish-to-receive (same process, same monotonic clock), p50/p90/p99/max, in
+//!   the engine's own histogram ([`tether::Histogram`]).
+//!
+//! # Why HTTP for publishing
+//!
+//! Publishers use `POST /api/publish` (or `/api/publish_batch` with `batch > 1`), the path a
+//! service uses, rather than WebSocket `publish` frames, which the server refuses by default
+//! and rate-limits per connection. Each publisher holds one keep-alive connection of hyper's
+//! HTTP/1.1 client (the server's own HTTP library, so nothing is added), one request in
+//! flight, each bounded by `--request-timeout`.
+//!
+//! # Layout
+//!
+//! `config.rs` (settings, errors), `run.rs` (one run, start to drain), `publisher.rs`,
+//! `receiver.rs`, `report.rs` (the checks and the summary).
+
 #![forbid(unsafe_code)]
+
+mod config;
+mod publisher;
+mod receiver;
+mod report;
+mod run;
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tether::client::load::{self, LoadConfig};
 use tether::server::config::{parse_duration, parse_size};
+
+use config::LoadConfig;
 
 /// Load generator for a tether server: N WebSocket clients (users load-0..N-1, tokens minted
 /// with the JWT secret) and M publishers (POST /api/publish with the API key).
@@ -108,7 +155,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(load::run(config, |p| {
+    eprintln!("tether-load: {config:?}");
+    let result = runtime.block_on(run::run(config, |p| {
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{}", p.line());
     }));
@@ -126,6 +174,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("tether-load: {e}");
+            if args.json {
+                println!("{}", e.to_json());
+            }
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,396 @@
+//! The client's settings: [`ClientBuilder`], each setting with its default and its limits,
+//! checked into a [`ClientConfig`].
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::{Client, ClientConfigError, ClientError};
+use crate::protocol::fingerprint;
+use crate::{Backoff, ResumePoint};
+
+/// A validated client configuration; build one with [`Client::builder`].
+///
+/// Its `Debug` output shows a fingerprint of the token (the first 8 hex digits of its
+/// SHA-256), never the token.
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub(super) url: String,
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) token: String,
+    pub(super) backoff: Backoff,
+    pub(super) auto_ack: bool,
+    pub(super) connect_timeout: Duration,
+    pub(super) max_frame_bytes: usize,
+    pub(super) event_capacity: usize,
+    pub(super) keepalive: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) request_timeout: Duration,
+    pub(super) max_pending_requests: usize,
+    pub(super) resume: Option<ResumePoint>,
+}
+
+impl ClientConfig {
+    /// The WebSocket URL the client dials.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The reconnect schedule of one client: its own random seed unless the application
+    /// fixed one, so that clients built from one configuration spread their retries.
+    pub(super) fn task_backoff(&self) -> Backoff {
+        self.backoff.reseeded()
+    }
+
+    pub(super) fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .max_frame_size(Some(self.max_frame_bytes))
+            .max_message_size(Some(self.max_frame_bytes))
+    }
+}
+
+/// Settings of a [`Client`], each with its default.
+///
+/// Its `Debug` output shows a fingerprint of the token, never the token.
+#[derive(Clone)]
+pub struct ClientBuilder {
+    url: String,
+    token: String,
+    backoff: Backoff,
+    max_attempts: Option<u32>,
+    auto_ack: bool,
+    connect_timeout: Duration,
+    max_frame_bytes: usize,
+    event_capacity: usize,
+    keepalive: Duration,
+    idle_timeout: Duration,
+    request_timeout: Duration,
+    max_pending_requests: usize,
+    resume: Option<ResumePoint>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("token (sha256 prefix)", &fingerprint(&self.token))
+            .field("backoff", &self.backoff)
+            .field("auto_ack", &self.auto_ack)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("event_capacity", &self.event_capacity)
+            .field("keepalive", &self.keepalive)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_pending_requests", &self.max_pending_requests)
+            .field("resume", &self.resume)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("token (sha256 prefix)", &fingerprint(&self.token))
+            .field("backoff", &self.backoff)
+            .field("max_attempts", &self.max_attempts)
+            .field("auto_ack", &self.auto_ack)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("event_capacity", &self.event_capacity)
+            .field("keepalive", &self.keepalive)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_pending_requests", &self.max_pending_requests)
+            .field("resume", &self.resume)
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    pub(super) fn new(url: String, token: String) -> Self {
+        Self {
+            url,
+            token,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            max_attempts: None,
+            auto_ack: true,
+            connect_timeout: Duration::from_secs(10),
+            max_frame_bytes: 4 << 20,
+            event_capacity: 1024,
+            keepalive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            request_timeout: Duration::from_secs(10),
+            max_pending_requests: 256,
+            resume: None,
+        }
+    }
+
+    /// The reconnect schedule. Default: full jitter from 100 ms doubling to 30 s, no attempt
+    /// limit. A `Backoff` with its own attempt limit ends the client when it runs out. Each
+    /// client connected from the configuration draws its own random seed, so many clients
+    /// that lost the server together do not retry in lockstep; a seed fixed with
+    /// [`Backoff::with_seed`] is kept (every client then follows the same schedule).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Gives up after `n` consecutive failed reconnect attempts (`recv` then returns
+    /// [`ClientError::GaveUp`]). Default: unlimited, since a client of a message service is
+    /// meant to come back whenever the server does; each wait is capped by the backoff.
+    pub fn max_reconnect_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    /// Acknowledge each message when `recv` is called again after it (its handler returned).
+    /// Default true. With false, call [`Client::ack`].
+    pub fn auto_ack(mut self, on: bool) -> Self {
+        self.auto_ack = on;
+        self
+    }
+
+    /// Time for TCP connect, WebSocket handshake and the `connected` frame. Default 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Largest frame accepted from the server. Default 4 MiB (the engine's default payload
+    /// limit is 1 MiB). At least 1 KiB.
+    pub fn max_frame_bytes(mut self, n: usize) -> Self {
+        self.max_frame_bytes = n;
+        self
+    }
+
+    /// Events buffered between the connection and `recv`. Default 1024, at least 1.
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
+    /// Send a WebSocket ping when nothing was sent for this long, so the server's idle
+    /// timeout never closes a connection whose application is merely slow. Default 15 s.
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// Treat the connection as dead (and reconnect) after this long without any frame from
+    /// the server while the client is reading. Default 45 s; must exceed `keepalive`.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long `publish` and `ping` wait for their answer. Default 10 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Publishes and pings awaiting an answer at once. Default 256, at least 1.
+    pub fn max_pending_requests(mut self, n: usize) -> Self {
+        self.max_pending_requests = n;
+        self
+    }
+
+    /// Resume the first connection from a point saved earlier ([`Client::resume_point`]),
+    /// e.g. across a restart of the application. Default: connect fresh, which makes the
+    /// server send every unacknowledged message again.
+    pub fn resume_from(mut self, point: ResumePoint) -> Self {
+        self.resume = Some(point);
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// The URL must be `ws://host[:port][/path]` (no TLS in this build); an empty path means
+    /// `/ws`.
+    ///
+    /// ```
+    /// use tether::client::Client;
+    ///
+    /// let config = Client::builder("ws://127.0.0.1:7700", "token").build().unwrap();
+    /// assert_eq!(config.url(), "ws://127.0.0.1:7700/ws");
+    /// let err = Client::builder("wss://example.com/ws", "token").build().unwrap_err();
+    /// assert_eq!(err.setting(), "url");
+    /// ```
+    pub fn build(self) -> Result<ClientConfig, ClientConfigError> {
+        let (url, host, port) = parse_url(&self.url)?;
+        let positive = |setting, d: Duration| {
+            if d.is_zero() {
+                Err(ClientConfigError::new(setting, "must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("connect_timeout", self.connect_timeout)?;
+        positive("keepalive", self.keepalive)?;
+        positive("request_timeout", self.request_timeout)?;
+        if self.idle_timeout <= self.keepalive {
+            return Err(ClientConfigError::new(
+                "idle_timeout",
+                "must be greater than keepalive",
+            ));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ClientConfigError::new(
+                "max_frame_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.event_capacity == 0 {
+            return Err(ClientConfigError::new(
+                "event_capacity",
+                "must be at least 1",
+            ));
+        }
+        if self.max_pending_requests == 0 {
+            return Err(ClientConfigError::new(
+                "max_pending_requests",
+                "must be at least 1",
+            ));
+        }
+        let backoff = match self.max_attempts {
+            Some(n) => self.backoff.with_max_attempts(n),
+            None => self.backoff,
+        };
+        Ok(ClientConfig {
+            url,
+            host,
+            port,
+            token: self.token,
+            backoff,
+            auto_ack: self.auto_ack,
+            connect_timeout: self.connect_timeout,
+            max_frame_bytes: self.max_frame_bytes,
+            event_capacity: self.event_capacity,
+            keepalive: self.keepalive,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            max_pending_requests: self.max_pending_requests,
+            resume: self.resume,
+        })
+    }
+
+    /// [`build`](Self::build), then [`Client::connect`].
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        Client::connect(self.build()?).await
+    }
+}
+
+/// `ws://host[:port][/path]` to (normalised URL, host to dial, port).
+fn parse_url(text: &str) -> Result<(String, String, u16), ClientConfigError> {
+    let bad = |reason: &str| ClientConfigError::new("url", format!("{text:?}: {reason}"));
+    let uri: Uri = text.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => return Err(bad("wss:// needs TLS, which this client does not include")),
+        _ => return Err(bad("expected ws://host[:port][/path]")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad(
+            "credentials in the URL are not supported; use the token",
+        ));
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    let path = match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") | Some("/") => "/ws",
+        Some(p) => p,
+    };
+    let dial_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((format!("ws://{authority}{path}"), dial_host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_of_one_config_retry_on_their_own_schedules_unless_seeded() {
+        let schedule = |mut b: Backoff| -> Vec<Duration> {
+            (0..16)
+                .map(|_| b.next_delay().expect("unlimited"))
+                .collect()
+        };
+        let config = Client::builder("ws://127.0.0.1:1", "t").build().unwrap();
+        let (a, b) = (config.task_backoff(), config.task_backoff());
+        // 16 uniform draws of up to 100 ms .. 30 s: equal only if the seeds are.
+        assert_ne!(schedule(a), schedule(b), "two clients, one config");
+        let seeded = Client::builder("ws://127.0.0.1:1", "t")
+            .backoff(Backoff::new(Duration::from_millis(100), Duration::from_secs(30)).with_seed(5))
+            .build()
+            .unwrap();
+        assert_eq!(
+            schedule(seeded.task_backoff()),
+            schedule(seeded.task_backoff()),
+            "a fixed seed is kept"
+        );
+    }
+    #[test]
+    fn urls_are_checked_and_normalised() {
+        let ok = [
+            (
+                "ws://127.0.0.1:7700",
+                "ws://127.0.0.1:7700/ws",
+                "127.0.0.1",
+                7700,
+            ),
+            ("ws://localhost/", "ws://localhost/ws", "localhost", 80),
+            ("ws://[::1]:9/x?y=1", "ws://[::1]:9/x?y=1", "::1", 9),
+        ];
+        for (text, url, host, port) in ok {
+            assert_eq!(
+                parse_url(text),
+                Ok((url.to_owned(), host.to_owned(), port)),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "http://h/ws",
+            "wss://h/ws",
+            "ws://",
+            "ws://u:p@h/ws",
+            "h:1",
+        ] {
+            assert_eq!(parse_url(bad).map_err(|e| e.setting()), Err("url"), "{bad}");
+        }
+    }
+    #[test]
+    fn builder_refuses_out_of_range_settings() {
+        let b = || Client::builder("ws://127.0.0.1:1/ws", "t");
+        let cases = [
+            (b().event_capacity(0), "event_capacity"),
+            (b().max_pending_requests(0), "max_pending_requests"),
+            (b().max_frame_bytes(10), "max_frame_bytes"),
+            (b().connect_timeout(Duration::ZERO), "connect_timeout"),
+            (
+                b().keepalive(Duration::from_secs(5))
+                    .idle_timeout(Duration::from_secs(5)),
+                "idle_timeout",
+            ),
+        ];
+        for (builder, setting) in cases {
+            assert_eq!(
+                builder.build().map(|_| ()).map_err(|e| e.setting()),
+                Err(setting)
+            );
+        }
+        assert!(b().build().is_ok());
+    }
+}
