@@ -1,10 +1,9 @@
-//! What the application holds and exchanges: [`Client`] (receive, acknowledge, close),
-//! [`ClientHandle`] (publish, ping, reconnect from other tasks), [`Event`] and [`Publish`];
-//! and the state the application shares with the connection task (`task.rs`).
+//! What the application holds: [`Client`] (receive, acknowledge, close), [`ClientHandle`]
+//! (publish, ping, reconnect from other tasks) and [`Publish`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,50 +11,14 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
+use super::channel::{AckState, Command, Envelope, Event, Shared};
 use super::frame::PublishFields;
 use super::task::{dial, Task, CLOSE_TIMEOUT};
 use super::{
-    AckError, ClientBuilder, ClientConfig, ClientError, ConnectedInfo, Delivered, ErrorFrame,
-    PublishOutcome, RequestError, StreamAborted, StreamPosition,
+    AckError, ClientBuilder, ClientConfig, ClientError, PublishOutcome, RequestError,
+    StreamPosition,
 };
 use crate::{Epoch, Priority, ResumePoint};
-
-/// What [`Client::recv`] returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// A connection opened (the first one, and every reconnect).
-    Connected(ConnectedInfo),
-    /// A message.
-    Message(Delivered),
-    /// A stream ended without its remaining parts; acknowledged like a message.
-    StreamAborted(StreamAborted),
-    /// The connection ended. Unless `recv` next returns an error, the client is reconnecting.
-    Disconnected(Disconnect),
-    /// The server answered something with an `error` frame that no request was waiting for.
-    ServerError(ErrorFrame),
-}
-
-impl Event {
-    /// The seq of a message or an abort marker.
-    pub fn seq(&self) -> Option<u64> {
-        match self {
-            Event::Message(m) => Some(m.seq()),
-            Event::StreamAborted(a) => Some(a.seq),
-            _ => None,
-        }
-    }
-}
-
-/// How a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Disconnect {
-    /// The close code the server sent, if it sent a close frame.
-    pub code: Option<u16>,
-    /// The close reason, or what went wrong.
-    pub reason: String,
-}
 
 /// A message to publish over the WebSocket (the server must allow client publishing).
 ///
@@ -161,51 +124,6 @@ impl Publish {
     }
 }
 
-/// What the application and the connection task share.
-pub(super) struct Shared {
-    pub(super) state: Mutex<AckState>,
-    /// Wakes the connection task: an ack, a close or a reconnect request.
-    pub(super) wake: Notify,
-    pub(super) close: AtomicBool,
-    pub(super) reconnect: AtomicBool,
-    pub(super) next_ref: AtomicU64,
-}
-
-pub(super) struct AckState {
-    /// The epoch the application is in: that of the last `Connected` it received.
-    pub(super) epoch: Option<Epoch>,
-    /// The highest seq the application processed in `epoch`.
-    pub(super) processed: u64,
-    /// The newest connection the task has: (generation, epoch).
-    pub(super) latest: Option<(u64, Epoch)>,
-}
-
-impl Shared {
-    pub(super) fn state(&self) -> MutexGuard<'_, AckState> {
-        // Nothing panics while holding the lock; recovering keeps that true if it ever did.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// One item from the connection task to the application.
-pub(super) struct Envelope {
-    /// The connection it came from, and that connection's epoch.
-    pub(super) generation: u64,
-    pub(super) epoch: Epoch,
-    pub(super) item: Result<Event, ClientError>,
-}
-
-pub(super) enum Command {
-    Publish {
-        frame: String,
-        reference: String,
-        reply: oneshot::Sender<Result<PublishOutcome, RequestError>>,
-    },
-    Ping {
-        reply: oneshot::Sender<Result<Duration, RequestError>>,
-    },
-}
-
 /// A connected client. See the [module docs](super) for the delivery rules.
 ///
 /// Drop it or call [`close`](Self::close) to disconnect; dropping does not acknowledge the
@@ -243,6 +161,13 @@ impl fmt::Debug for Client {
 impl fmt::Debug for ClientHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientHandle").finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// [`build`](Self::build), then [`Client::connect`].
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        Client::connect(self.build()?).await
     }
 }
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{Client, ClientConfigError, ClientError};
+use super::ClientConfigError;
 use crate::protocol::fingerprint;
 use crate::{Backoff, ResumePoint};
 
-/// A validated client configuration; build one with [`Client::builder`].
+/// A validated client configuration; build one with [`Client::builder`](super::Client::builder).
 ///
 /// Its `Debug` output shows a fingerprint of the token (the first 8 hex digits of its
 /// SHA-256), never the token.
@@ -52,7 +52,7 @@ impl ClientConfig {
     }
 }
 
-/// Settings of a [`Client`], each with its default.
+/// Settings of a [`Client`](super::Client), each with its default.
 ///
 /// Its `Debug` output shows a fingerprint of the token, never the token.
 #[derive(Clone)]
@@ -141,7 +141,7 @@ impl ClientBuilder {
     }
 
     /// Gives up after `n` consecutive failed reconnect attempts (`recv` then returns
-    /// [`ClientError::GaveUp`]). Default: unlimited, since a client of a message service is
+    /// [`ClientError::GaveUp`](super::ClientError::GaveUp)). Default: unlimited, since a client of a message service is
     /// meant to come back whenever the server does; each wait is capped by the backoff.
     pub fn max_reconnect_attempts(mut self, n: u32) -> Self {
         self.max_attempts = Some(n);
@@ -149,7 +149,7 @@ impl ClientBuilder {
     }
 
     /// Acknowledge each message when `recv` is called again after it (its handler returned).
-    /// Default true. With false, call [`Client::ack`].
+    /// Default true. With false, call [`Client::ack`](super::Client::ack).
     pub fn auto_ack(mut self, on: bool) -> Self {
         self.auto_ack = on;
         self
@@ -200,7 +200,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Resume the first connection from a point saved earlier ([`Client::resume_point`]),
+    /// Resume the first connection from a point saved earlier ([`Client::resume_point`](super::Client::resume_point)),
     /// e.g. across a restart of the application. Default: connect fresh, which makes the
     /// server send every unacknowledged message again.
     pub fn resume_from(mut self, point: ResumePoint) -> Self {
@@ -278,11 +278,6 @@ impl ClientBuilder {
             resume: self.resume,
         })
     }
-
-    /// [`build`](Self::build), then [`Client::connect`].
-    pub async fn connect(self) -> Result<Client, ClientError> {
-        Client::connect(self.build()?).await
-    }
 }
 
 /// `ws://host[:port][/path]` to (normalised URL, host to dial, port).
@@ -319,6 +314,7 @@ fn parse_url(text: &str) -> Result<(String, String, u16), ClientConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Client;
 
     #[test]
     fn clients_of_one_config_retry_on_their_own_schedules_unless_seeded() {

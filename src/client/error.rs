@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-#[cfg(doc)]
-use super::{Client, ClientBuilder, ClientHandle};
 use crate::protocol::{
     CLOSE_PROTOCOL_VIOLATION, CLOSE_REPLACED, CLOSE_TRY_LATER, CLOSE_UNAUTHORIZED,
 };
@@ -16,11 +14,11 @@ use crate::protocol::{
 /// Longest wait a `retry_after_ms` may impose (a larger one is clamped).
 pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
-/// Why the client could not connect, or stopped for good ([`Client::recv`]).
+/// Why the client could not connect, or stopped for good ([`Client::recv`](super::Client::recv)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// A setting is invalid (see [`ClientBuilder::build`]).
+    /// A setting is invalid (see [`ClientBuilder::build`](super::ClientBuilder::build)).
     #[error(transparent)]
     Config(#[from] ClientConfigError),
     /// The server refused the token (close code 4001). Permanent: a new token is needed.
@@ -35,7 +33,7 @@ pub enum ClientError {
     #[error("replaced by a newer connection of the same user")]
     Replaced,
     /// The server is overloaded and asks to come back later (close code 4100, or HTTP 503 /
-    /// 429 to the upgrade). Only [`Client::connect`] returns it; reconnects wait and retry.
+    /// 429 to the upgrade). Only [`Client::connect`](super::Client::connect) returns it; reconnects wait and retry.
     #[error("the server asks to try again in {retry_after:?}")]
     TryLater {
         /// How long the server asked to wait.
@@ -50,7 +48,7 @@ pub enum ClientError {
         /// The status code.
         status: u16,
     },
-    /// A frame from the server exceeded [`ClientBuilder::max_frame_bytes`]. Permanent: the
+    /// A frame from the server exceeded [`ClientBuilder::max_frame_bytes`](super::ClientBuilder::max_frame_bytes). Permanent: the
     /// server would send it again on every reconnect.
     #[error("a frame from the server exceeds the limit of {max} bytes")]
     FrameTooBig {
@@ -63,11 +61,11 @@ pub enum ClientError {
     /// The WebSocket connection failed (handshake, framing, or closed before `connected`).
     #[error("connection failed: {0}")]
     Connection(String),
-    /// No `connected` frame within [`ClientBuilder::connect_timeout`].
+    /// No `connected` frame within [`ClientBuilder::connect_timeout`](super::ClientBuilder::connect_timeout).
     #[error("no `connected` frame within {0:?}")]
     Timeout(Duration),
     /// Reconnecting failed this many times in a row (see
-    /// [`ClientBuilder::max_reconnect_attempts`]).
+    /// [`ClientBuilder::max_reconnect_attempts`](super::ClientBuilder::max_reconnect_attempts)).
     #[error("gave up after {attempts} reconnect attempts; the last failed with: {last}")]
     GaveUp {
         /// Attempts made.
@@ -75,7 +73,7 @@ pub enum ClientError {
         /// What the last attempt failed with.
         last: String,
     },
-    /// The client is closed: [`Client::close`] was called, or the terminal error was already
+    /// The client is closed: [`Client::close`](super::Client::close) was called, or the terminal error was already
     /// returned by an earlier `recv`.
     #[error("the client is closed")]
     Closed,
@@ -170,7 +168,7 @@ impl ClientConfigError {
     }
 }
 
-/// Why a [`publish`](ClientHandle::publish) or [`ping`](ClientHandle::ping) has no answer.
+/// Why a [`publish`](super::ClientHandle::publish) or [`ping`](super::ClientHandle::ping) has no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
@@ -189,7 +187,7 @@ pub enum RequestError {
         /// Its description.
         message: String,
     },
-    /// No answer within [`ClientBuilder::request_timeout`]; the outcome is unknown.
+    /// No answer within [`ClientBuilder::request_timeout`](super::ClientBuilder::request_timeout); the outcome is unknown.
     #[error("no answer within the request timeout")]
     Timeout,
     /// The client is closed.
@@ -197,7 +195,7 @@ pub enum RequestError {
     Closed,
 }
 
-/// Why [`Client::ack`] refused.
+/// Why [`Client::ack`](super::Client::ack) refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AckError {

@@ -116,12 +116,14 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod channel;
 mod config;
 mod error;
 mod frame;
 mod task;
 
-pub use api::{Client, ClientHandle, Disconnect, Event, Publish};
+pub use api::{Client, ClientHandle, Publish};
+pub use channel::{Disconnect, Event};
 pub use config::{ClientBuilder, ClientConfig};
 pub use error::{AckError, ClientConfigError, ClientError, RequestError};
 pub use frame::{

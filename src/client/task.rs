@@ -1,4 +1,4 @@
-//! The connection task: one per [`Client`], it owns the socket. It dials, serves a
+//! The connection task: one per [`Client`](super::Client), it owns the socket. It dials, serves a
 //! connection (reads deliveries into the event channel, writes acks, publishes and pings,
 //! keeps the connection alive), and when the connection ends decides from the close code
 //! whether to reconnect (with backoff and a resume point) or stop.
@@ -18,15 +18,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
-use super::api::{Command, Envelope, Shared};
+use super::channel::{Command, Envelope, Shared};
 use super::error::retry_after_of;
 use super::frame;
 use super::{
     decode_server_frame, ClientConfig, ClientError, ConnectedInfo, Disconnect, Event,
     PublishOutcome, RequestError, ServerFrame,
 };
-#[cfg(doc)]
-use super::{Client, ClientHandle};
 use crate::protocol::{
     CLOSE_PROTOCOL_VIOLATION, CLOSE_REPLACED, CLOSE_TRY_LATER, CLOSE_UNAUTHORIZED,
 };
@@ -45,7 +43,7 @@ const MAX_OUT: usize = 64;
 const ACK_BATCH: u64 = 64;
 /// Longest an ack is held back when neither rule below sends it sooner.
 const ACK_DELAY: Duration = Duration::from_millis(10);
-/// How long [`Client::close`] waits for the goodbye (final ack, close handshake).
+/// How long [`Client::close`](super::Client::close) waits for the goodbye (final ack, close handshake).
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One attempt: TCP, WebSocket handshake, `connect` frame, `connected` frame.
@@ -120,7 +118,7 @@ enum End {
     Closed { code: u16, reason: String },
     /// The connection broke: I/O error, EOF, silence.
     Broken(String),
-    /// [`ClientHandle::reconnect`].
+    /// [`ClientHandle::reconnect`](super::ClientHandle::reconnect).
     Requested,
     /// The application closed or dropped the client.
     Shutdown,

@@ -131,24 +131,51 @@ fn modules_form_layers_without_cycles() {
     sources(&src, &src, &mut files);
     let modules: BTreeSet<Module> = files.iter().map(|(m, _)| m.clone()).collect();
 
-    // The crate root's re-exports: `pub use module::{Name, ...};`.
-    let lib = code(&std::fs::read_to_string(src.join("lib.rs")).unwrap());
-    let mut reexports = BTreeMap::new();
-    for statement in lib.split(';') {
-        if let Some(rest) = statement.trim().strip_prefix("pub use ") {
+    // Re-exports, at the crate root and in each folder's `mod.rs`: `pub use child::{Name, ..};`
+    // makes `folder::Name` stand for the child module that defines it.
+    let mut reexports: BTreeMap<(Module, String), Module> = BTreeMap::new();
+    let roots = files
+        .iter()
+        .map(|(m, text)| (m.clone(), text.clone()))
+        .filter(|(m, _)| !m.is_empty() && src.join(m.join("/")).is_dir())
+        .chain([(
+            Vec::new(),
+            std::fs::read_to_string(src.join("lib.rs")).unwrap(),
+        )]);
+    for (folder, text) in roots {
+        for statement in code(&text).split(';') {
+            let statement = statement.trim();
+            let Some(rest) = ["pub use ", "pub(crate) use ", "pub(super) use "]
+                .iter()
+                .find_map(|p| statement.strip_prefix(p))
+            else {
+                continue;
+            };
             for path in paths_after(&format!("crate::{rest}"), "crate::") {
-                if let (Some(module), Some(name)) = (path.first(), path.last()) {
-                    reexports.insert(name.clone(), vec![module.clone()]);
+                let Some((name, within)) = path.split_last() else {
+                    continue;
+                };
+                let mut target = folder.clone();
+                target.extend(within.iter().cloned());
+                if modules.contains(&target) && target != folder {
+                    reexports.insert((folder.clone(), name.clone()), target);
                 }
             }
         }
     }
     let resolve = |path: &[String]| -> Option<Module> {
-        (1..=path.len())
+        let n = (0..=path.len())
             .rev()
-            .map(|n| path[..n].to_vec())
-            .find(|m| modules.contains(m))
-            .or_else(|| reexports.get(path.first()?).cloned())
+            .find(|&n| n == 0 || modules.contains(&path[..n]))?;
+        let module = path[..n].to_vec();
+        match path
+            .get(n)
+            .and_then(|name| reexports.get(&(module.clone(), name.clone())))
+        {
+            Some(target) => Some(target.clone()),
+            None if n == 0 => None,
+            None => Some(module),
+        }
     };
 
     let mut edges: BTreeSet<(Module, Module)> = BTreeSet::new();
