@@ -3,13 +3,13 @@
 //! asked for.
 #![cfg(feature = "server")]
 
+use crate::harness;
 use futures_util::{SinkExt, StreamExt};
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-mod wire;
-use wire::{eventually, http, publish_ok, server, Raw, GUARD};
+use crate::harness::{eventually, http, publish_ok, server, Raw, GUARD};
 
 /// `/metrics`, parsed.
 async fn scrape(server: &tether::server::Server) -> Scrape {
@@ -73,7 +73,7 @@ async fn metrics_are_prometheus_text_with_the_front_ends_series() {
 async fn stats_are_json_with_engine_and_server_sections() {
     let server = server(&[]).await;
     let (_raw, _) = Raw::connect(&server, "counted", None).await;
-    wire::refused_connect(&server, "not-a-token").await;
+    harness::refused_connect(&server, "not-a-token").await;
     // Shards publish their counters at the end of a pass, which may come after the reply.
     eventually("the connect is counted", || async {
         let r = http(&server, "GET", "/api/stats", None, "").await;

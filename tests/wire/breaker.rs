@@ -3,14 +3,14 @@
 //! mailbox is checked on a manual clock in tests/breaker.rs).
 #![cfg(feature = "server")]
 
+use crate::harness;
 use std::time::{Duration, Instant};
 
 use tether::breaker::BreakerConfig;
 use tether::server::Server;
 use tether::{Message, UserId};
 
-mod wire;
-use wire::{server, Raw, GUARD};
+use crate::harness::{server, Raw, GUARD};
 
 /// A server with `write_timeout`, and a session of `name` that has stopped reading with a
 /// backlog far larger than the socket buffers: 100 messages of 512 KiB, a window of 32.
@@ -56,7 +56,7 @@ async fn wait_for_breaker_open(server: &Server, also: impl AsyncFn()) {
 async fn a_client_that_stops_reading_trips_its_breaker_after_write_timeouts() {
     let (server, raw) = stalled("100ms", "stalled").await;
     wait_for_breaker_open(&server, async || {}).await;
-    let metrics = wire::http(&server, "GET", "/metrics", None, "").await;
+    let metrics = harness::http(&server, "GET", "/metrics", None, "").await;
     let timeouts = metrics
         .body
         .lines()

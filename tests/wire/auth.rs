@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-mod wire;
-use wire::{
+use crate::harness::{
     b64url, bearer, http, refused_connect, server, token, token_signed, Raw, API_KEY, SECRET,
 };
 

@@ -3,6 +3,7 @@
 //! acknowledgements left them; an aborted stream ends with a `stream_aborted` delivery.
 #![cfg(feature = "server")]
 
+use crate::harness;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tether::{StreamPhase, UserId};
 
-mod wire;
-use wire::{eventually, publish_batch, publish_ok, server, Delivered, Raw};
+use crate::harness::{eventually, publish_batch, publish_ok, server, Delivered, Raw};
 
 /// What the client side of the long flow keeps: the resume point, what it processed, and
 /// the seq each message number was first seen with.
@@ -108,7 +108,7 @@ async fn two_hundred_abrupt_disconnects_in_a_ten_thousand_message_flow_lose_noth
                     .map(|n| json!({"to": "resumer", "data": {"n": n}}))
                     .collect();
                 for result in publish_batch(&server, batch).await {
-                    assert!(wire::kept(&result), "{result}");
+                    assert!(harness::kept(&result), "{result}");
                 }
             }
         })
@@ -117,7 +117,7 @@ async fn two_hundred_abrupt_disconnects_in_a_ten_thousand_message_flow_lose_noth
     let mut rng = fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d);
     let mut client = Client::new(TOTAL);
     // Every frame read, re-deliveries included: a server that re-sent forever would fail.
-    let mut frames = wire::Bound::within("the flow", 4 * TOTAL, 6 * wire::GUARD);
+    let mut frames = harness::Bound::within("the flow", 4 * TOTAL, 6 * harness::GUARD);
     for _ in 0..DISCONNECTS {
         let (mut raw, connected) = Raw::connect(&server, "resumer", client.resume()).await;
         client.connected(&connected);
@@ -201,7 +201,7 @@ async fn a_stream_resumes_across_disconnects_and_acknowledged_parts_never_come_a
             let body = json!({"to": "reader", "data": format!("w{part} "),
                 "stream": {"id": "answer", "part": part, "last": part == PARTS - 1}});
             let outcome = publish_ok(&server, body).await;
-            assert!(wire::kept(&outcome), "{outcome}");
+            assert!(harness::kept(&outcome), "{outcome}");
         }
     }
     // The reassembled text, and the seq each part was first delivered with.
@@ -398,7 +398,7 @@ async fn a_resume_point_the_server_cannot_honour_sends_everything_unacknowledged
         ("not hex", unacked[1]),   // a resume point that does not parse
     ] {
         let mut raw = Raw::open(&server).await;
-        raw.send(json!({"type": "connect", "token": wire::token("lost"),
+        raw.send(json!({"type": "connect", "token": harness::token("lost"),
             "resume": {"epoch": resume_epoch, "seq": seq}}))
             .await;
         let connected = raw.next().await;

@@ -3,8 +3,7 @@
 //! from its `--json` line, its exit code and its stderr.
 #![cfg(all(feature = "server", feature = "client"))]
 
-mod wire;
-
+use crate::harness;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Stdio};
@@ -13,13 +12,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tether::server::Server;
 
+use crate::harness::{API_KEY, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
-use wire::{API_KEY, SECRET};
 
 async fn start() -> Server {
-    wire::server(&[]).await
+    harness::server(&[]).await
 }
 
 /// What one run of the binary left behind.
@@ -64,7 +63,7 @@ impl std::fmt::Display for Run {
 }
 
 /// Runs `tether-load` against `url` with `args`, and the test credentials unless `args` has
-/// its own. The run must end by itself within [`wire::GUARD`]; past that it is killed and the
+/// its own. The run must end by itself within [`harness::GUARD`]; past that it is killed and the
 /// test fails.
 async fn load(url: String, args: &[&str]) -> Run {
     let mut all = vec!["--url".to_owned(), url];
@@ -93,7 +92,7 @@ async fn load(url: String, args: &[&str]) -> Run {
         };
         let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
         let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
-        let deadline = Instant::now() + wire::GUARD;
+        let deadline = Instant::now() + harness::GUARD;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 break status;
@@ -101,7 +100,7 @@ async fn load(url: String, args: &[&str]) -> Run {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("tether-load did not end within {:?}", wire::GUARD);
+                panic!("tether-load did not end within {:?}", harness::GUARD);
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -198,7 +197,7 @@ async fn batches_and_a_message_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losses_to_the_overflow_policy_are_attributed_to_evictions() {
     // Tiny caps: the publishers outrun the client, and DropOldest evicts queued messages.
-    let server = wire::server(&["--window", "4", "--max-messages-per-user", "5"]).await;
+    let server = harness::server(&["--window", "4", "--max-messages-per-user", "5"]).await;
     let run = load(
         url(&server),
         &with(&[

@@ -3,8 +3,7 @@
 //! test cuts), and the close codes that stop the client.
 #![cfg(all(feature = "server", feature = "client"))]
 
-mod wire;
-
+use crate::harness;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,8 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 /// Upper bound for any single wait in these tests; they never assert on time.
-const PATIENCE: Duration = wire::GUARD;
-const SECRET: &str = wire::SECRET;
+const PATIENCE: Duration = harness::GUARD;
+const SECRET: &str = harness::SECRET;
 
 fn user(name: &str) -> UserId {
     UserId::new(name).expect("user id")
@@ -33,7 +32,7 @@ fn url(addr: SocketAddr) -> String {
 
 /// A client with a fast reconnect schedule, so tests do not wait out the default backoff.
 fn builder(addr: SocketAddr, name: &str) -> ClientBuilder {
-    Client::builder(url(addr), wire::token(name))
+    Client::builder(url(addr), harness::token(name))
         .backoff(Backoff::new(Duration::from_millis(5), Duration::from_millis(50)).with_seed(1))
 }
 
@@ -155,7 +154,7 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_receive_and_auto_ack() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let alice = user("alice");
     for n in 1..=3 {
         let m = Message::new(format!(r#"{{"n":{n}}}"#));
@@ -203,7 +202,7 @@ async fn connect_receive_and_auto_ack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_acks_and_redelivery_of_what_was_not_acknowledged() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let bob = user("bob");
     for n in 1..=3 {
         let m = Message::new(format!("{n}"));
@@ -248,7 +247,7 @@ async fn manual_acks_and_redelivery_of_what_was_not_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_point_carries_over_to_a_new_client() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let carol = user("carol");
     for n in 1..=4 {
         let m = Message::new(format!("{n}"));
@@ -287,7 +286,7 @@ async fn resume_point_carries_over_to_a_new_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_through_cut_connections_without_loss_or_duplicates() {
     const TOTAL: u64 = 400;
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let proxy = Proxy::start(server.local_addr()).await;
     let dave = user("dave");
     let mut client = builder(proxy.addr, "dave")
@@ -360,7 +359,7 @@ async fn resumes_through_cut_connections_without_loss_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_dies_while_a_handler_runs_does_not_repeat_its_message() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let proxy = Proxy::start(server.local_addr()).await;
     let mut client = builder(proxy.addr, "hugo")
         .connect()
@@ -410,7 +409,7 @@ async fn a_connection_that_dies_while_a_handler_runs_does_not_repeat_its_message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_token_is_unauthorized_and_not_retried() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let err = Client::builder(url(server.local_addr()), "not-a-token")
         .connect()
         .await
@@ -435,10 +434,10 @@ async fn a_bad_token_is_unauthorized_and_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_the_server_ends_with_4001_stops_the_client() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     // `exp` has whole seconds: 3 s from now is 2 to 3 s away, time enough to connect on a
     // loaded machine.
-    let token = wire::token_signed(
+    let token = harness::token_signed(
         SECRET,
         "otto",
         Some(Duration::from_secs(3)),
@@ -459,7 +458,7 @@ async fn a_session_the_server_ends_with_4001_stops_the_client() {
     assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
     assert!(matches!(next(&mut client).await, Err(ClientError::Closed)));
     wait_connections(&server, 0).await;
-    let stats = wire::http(&server, "GET", "/api/stats", None, "")
+    let stats = harness::http(&server, "GET", "/api/stats", None, "")
         .await
         .json();
     assert_eq!(
@@ -471,7 +470,7 @@ async fn a_session_the_server_ends_with_4001_stops_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_connection_of_the_same_user_replaces_without_a_fight() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let mut first = builder(server.local_addr(), "frank")
         .connect()
         .await
@@ -502,7 +501,7 @@ async fn a_newer_connection_of_the_same_user_replaces_without_a_fight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_ping_and_refusals() {
-    let server = wire::server(&["--allow-client-publish"]).await;
+    let server = harness::server(&["--allow-client-publish"]).await;
     let client = builder(server.local_addr(), "gina")
         .connect()
         .await
@@ -537,7 +536,7 @@ async fn publish_ping_and_refusals() {
     assert_eq!(stats.map(|s| s.queued()), Some(2));
     server.shutdown().await;
 
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let client = builder(server.local_addr(), "gina")
         .connect()
         .await
@@ -558,7 +557,7 @@ async fn publish_ping_and_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_says_try_later() {
-    let server = wire::server(&["--max-connections", "1"]).await;
+    let server = harness::server(&["--max-connections", "1"]).await;
     let mut first = builder(server.local_addr(), "ivan")
         .connect()
         .await
@@ -578,7 +577,7 @@ async fn a_full_server_says_try_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_disconnects_with_1001_and_reconnects_until_the_attempts_run_out() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let mut client = builder(server.local_addr(), "kate")
         .max_reconnect_attempts(3)
         .connect()
@@ -601,7 +600,7 @@ async fn shutdown_disconnects_with_1001_and_reconnects_until_the_attempts_run_ou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_aborts_arrive_as_events_and_are_acknowledged() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let lena = user("lena");
     let part = Message::new(r#""The answer is""#).with_stream_part(StreamPart::new("s1", 0, false));
     server.engine().send(&lena, part).await.expect("send");
@@ -638,7 +637,7 @@ async fn stream_aborts_arrive_as_events_and_are_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_share_a_server_and_stop_cleanly() {
-    let server = Arc::new(wire::server(&[]).await);
+    let server = Arc::new(harness::server(&[]).await);
     let mut tasks = Vec::new();
     for c in 0..8 {
         let server = server.clone();
@@ -670,7 +669,7 @@ async fn many_clients_share_a_server_and_stop_cleanly() {
 async fn a_small_server_window_keeps_flowing() {
     // With a window far below the client's ack batch, the client must still ack as soon as
     // it has processed everything delivered, or delivery would stall on the window.
-    let server = wire::server(&["--window", "2"]).await;
+    let server = harness::server(&["--window", "2"]).await;
     let mona = user("mona");
     for n in 0..300 {
         let m = Message::new(format!("{n}"));
@@ -691,7 +690,7 @@ async fn a_small_server_window_keeps_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_detected_and_replaced() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let proxy = Proxy::start(server.local_addr()).await;
     let mut client = builder(proxy.addr, "nina")
         // Margins wide enough for a loaded machine: a ping every 100 ms, dead after 800 ms.
@@ -733,7 +732,7 @@ async fn a_silent_connection_is_detected_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_at_the_clients_limit_arrives_and_one_byte_more_ends_the_client() {
-    let server = wire::server(&[]).await;
+    let server = harness::server(&[]).await;
     let data = |len: usize| Message::new(format!("\"{}\"", "x".repeat(len - 2)));
     // The size of a `message` frame carrying 1,000 bytes of data at seq 1, as a raw client
     // receives it (message frames do not name the user, so it is the same for any user).
@@ -742,7 +741,7 @@ async fn a_frame_at_the_clients_limit_arrives_and_one_byte_more_ends_the_client(
         .send(&user("probe"), data(1000))
         .await
         .expect("send");
-    let (mut raw, _) = wire::Raw::connect(&server, "probe", None).await;
+    let (mut raw, _) = harness::Raw::connect(&server, "probe", None).await;
     let limit = raw.next_message().await.text.len();
     raw.close().await;
 
@@ -774,7 +773,7 @@ async fn a_frame_at_the_clients_limit_arrives_and_one_byte_more_ends_the_client(
 
 #[test]
 fn debug_output_never_shows_the_token() {
-    let token = wire::token("grace");
+    let token = harness::token("grace");
     let builder = Client::builder("ws://127.0.0.1:1/ws", token.clone());
     let text = format!("{builder:?}");
     assert!(!text.contains(&token), "{text}");

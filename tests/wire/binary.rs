@@ -4,8 +4,6 @@
 //! closes sessions with 1001, logs its shutdown report and exits with code 0.
 #![cfg(all(feature = "server", unix))]
 
-mod wire;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -13,9 +11,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::harness::{request_bytes, try_http_raw, Raw, GUARD};
 use serde_json::{json, Value};
 use tether::server::auth::JwtVerifier;
-use wire::{request_bytes, try_http_raw, Raw, GUARD};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tether");
 

@@ -3,11 +3,11 @@
 //! and new connections are refused once the listener is gone.
 #![cfg(feature = "server")]
 
+use crate::harness;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-mod wire;
-use wire::{
+use crate::harness::{
     bearer, eventually, http, publish_ok, request_bytes, server, try_http_raw, HeldRequest, Raw,
 };
 
@@ -60,7 +60,7 @@ async fn shutdown_flushes_pending_messages_then_closes_every_session_with_1001()
         .map(|mut raw| {
             tokio::spawn(async move {
                 let mut ns = Vec::new();
-                let mut bound = wire::Bound::new("reading until the close", 4 * EACH);
+                let mut bound = harness::Bound::new("reading until the close", 4 * EACH);
                 loop {
                     bound.tick();
                     match raw.next_text().await {
@@ -72,7 +72,7 @@ async fn shutdown_flushes_pending_messages_then_closes_every_session_with_1001()
                             assert_eq!(v["code"], "invalid_ack", "{text}");
                         }
                         Ok(text) => {
-                            let d = wire::delivered(text);
+                            let d = harness::delivered(text);
                             ns.push(d.value["data"]["n"].as_u64().unwrap());
                             raw.ack(d.seq).await;
                         }
@@ -121,7 +121,7 @@ async fn shutdown_flushes_pending_messages_then_closes_every_session_with_1001()
         }
     }
 
-    let report = tokio::time::timeout(wire::GUARD, shutdown)
+    let report = tokio::time::timeout(harness::GUARD, shutdown)
         .await
         .expect("hang guard: the shutdown never finished")
         .expect("the shutdown task");
@@ -149,13 +149,15 @@ async fn a_client_that_connects_after_shutdown_began_is_not_served() {
     let (mut raw, _) = Raw::connect(&server, "early", None).await;
     let shutdown = tokio::spawn(server.shutdown());
     assert_eq!(raw.close_code().await, Some(1001));
-    let report = tokio::time::timeout(wire::GUARD, shutdown)
+    let report = tokio::time::timeout(harness::GUARD, shutdown)
         .await
         .expect("hang guard")
         .expect("the shutdown task");
     assert_eq!(report.sessions_closed, 1, "{report:?}");
     // The upgrade of a latecomer cannot even start.
-    assert!(Raw::try_open(addr, wire::ws_request(addr)).await.is_err());
+    assert!(Raw::try_open(addr, harness::ws_request(addr))
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +175,7 @@ async fn a_client_that_stopped_reading_does_not_hold_up_the_shutdown() {
             .unwrap();
     }
     let (mut reader, _) = Raw::connect(&server, "reader", None).await;
-    let report = tokio::time::timeout(wire::GUARD, async {
+    let report = tokio::time::timeout(harness::GUARD, async {
         let (report, close) = tokio::join!(server.shutdown(), reader.close_code());
         assert_eq!(
             close,

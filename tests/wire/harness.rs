@@ -3,7 +3,7 @@
 //!
 //! Every wait is bounded by [`GUARD`] (a hang fails the test instead of stalling the suite),
 //! and nothing here measures time: tests sleep to let a TTL pass, never assert a duration.
-#![allow(dead_code)] // each test binary uses its own subset
+#![allow(dead_code)] // not every helper is used by every build (features)
 
 use std::future::Future;
 use std::io;

@@ -3,11 +3,11 @@
 //! and frames that break the protocol.
 #![cfg(feature = "server")]
 
+use crate::harness;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-mod wire;
-use wire::{
+use crate::harness::{
     bearer, eventually, http, publish, publish_ok, publish_text, request_bytes, server,
     try_http_raw, with_origin, ws_request, Raw,
 };
@@ -319,7 +319,7 @@ async fn an_origin_not_allowed_gets_403_at_the_upgrade() {
     // The allowed origin, and a client that sends none (not a browser), get in.
     let ok = with_origin(ws_request(addr), "http://ok.example");
     let mut raw = Raw::try_open(addr, ok).await.expect("allowed");
-    raw.send(json!({"type": "connect", "token": wire::token("ok")}))
+    raw.send(json!({"type": "connect", "token": harness::token("ok")}))
         .await;
     assert_eq!(raw.next().await["type"], "connected");
     let (_raw, connected) = Raw::connect(&server, "no-origin", None).await;
@@ -488,7 +488,7 @@ async fn beyond_max_users_a_new_user_is_told_to_try_later() {
     // One shard: the engine splits max_users evenly across shards (ceil(1 / shards) each).
     let server = server(&["--shards", "1", "--max-users", "1"]).await;
     let (mut first, _) = Raw::connect(&server, "first", None).await;
-    let (code, reason) = wire::refused_connect(&server, &wire::token("second"))
+    let (code, reason) = harness::refused_connect(&server, &harness::token("second"))
         .await
         .expect("a close frame");
     assert_eq!(code, 4100);
@@ -515,7 +515,7 @@ async fn a_connection_that_never_sends_its_request_is_dropped_after_the_connect_
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(wire::GUARD, tcp.read_to_end(&mut buf))
+    let read = tokio::time::timeout(harness::GUARD, tcp.read_to_end(&mut buf))
         .await
         .expect("hang guard: the silent connection was kept open");
     // Closed by the server: end of stream (possibly after a 408), or a reset.

@@ -4,12 +4,12 @@
 //! between users.
 #![cfg(feature = "server")]
 
+use crate::harness;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-mod wire;
-use wire::{publish, publish_ok, publish_text, server, Delivered, Raw};
+use crate::harness::{publish, publish_ok, publish_text, server, Delivered, Raw};
 
 /// The `n` of a `{"n": ..}` payload.
 fn n_of(d: &Delivered) -> u64 {
@@ -326,7 +326,7 @@ async fn a_hundred_rapid_reconnects_while_messages_flow_lose_nothing() {
         tokio::spawn(async move {
             for n in 0..TOTAL {
                 let outcome = publish_ok(&server, json!({"to": "churn", "data": {"n": n}})).await;
-                assert!(wire::kept(&outcome), "{outcome}");
+                assert!(harness::kept(&outcome), "{outcome}");
             }
         })
     };
@@ -339,7 +339,7 @@ async fn a_hundred_rapid_reconnects_while_messages_flow_lose_nothing() {
     let mut replaced_checked = 0;
     let mut old: Option<Raw> = None;
     // Every frame read, re-deliveries included: a server that re-sent forever would fail.
-    let mut frames = wire::Bound::within("the churn", 20 * TOTAL, 6 * wire::GUARD);
+    let mut frames = harness::Bound::within("the churn", 20 * TOTAL, 6 * harness::GUARD);
     for cycle in 0..100 {
         // Mostly resume from what was processed; sometimes connect fresh, which sends every
         // unacknowledged message again (the client skips what it already processed).
@@ -425,7 +425,7 @@ async fn four_concurrent_senders_are_each_received_once_in_their_order() {
                 for n in 0..EACH {
                     let body = json!({"to": "fan-in", "data": {"s": s, "n": n}});
                     let outcome = publish_ok(&server, body).await;
-                    assert!(wire::kept(&outcome), "{outcome}");
+                    assert!(harness::kept(&outcome), "{outcome}");
                 }
             })
         })
@@ -504,7 +504,7 @@ async fn one_user_never_receives_another_users_messages() {
         for user in ["alice", "bob"] {
             let body = json!({"to": user, "data": {"for": user, "n": n}});
             let outcome = publish_ok(&server, body).await;
-            assert!(wire::kept(&outcome), "{outcome}");
+            assert!(harness::kept(&outcome), "{outcome}");
         }
         if n == 50 {
             bob = Some(Raw::connect(&server, "bob", None).await.0);
@@ -521,7 +521,7 @@ async fn one_user_never_receives_another_users_messages() {
     let mut bob = bob.unwrap();
     for (raw, user) in [(&mut alice, "alice"), (&mut bob, "bob")] {
         let mut ns = Vec::new();
-        let mut bound = wire::Bound::new("reading up to the last message", 102);
+        let mut bound = harness::Bound::new("reading up to the last message", 102);
         loop {
             bound.tick();
             let d = raw.next_message().await;
