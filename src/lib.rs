@@ -50,6 +50,7 @@ pub mod client;
 mod clock;
 mod config;
 mod dedup;
+pub mod durable;
 mod engine;
 mod error;
 mod loom;
@@ -75,6 +76,7 @@ pub use backoff::Backoff;
 pub use clock::Clock;
 pub use config::{Config, EngineBuilder, OverflowPolicy, ShedThresholds, UserLimits};
 pub use dedup::DedupMode;
+pub use durable::Fsync;
 pub use engine::{Engine, PendingOutcome};
 pub use error::{
     AbortStreamError, AckError, ConfigError, ConnectError, InvalidInput, SendError, SetLimitsError,
