@@ -119,7 +119,7 @@ pub struct LogConfig {
     /// When commits sync. Default [`Fsync::Always`].
     pub fsync: Fsync,
     /// A segment is closed and a new one started once a commit takes it to this size.
-    /// Default 64 MiB; at least 4 KiB.
+    /// Default 64 MiB; at least 1 KiB.
     pub segment_bytes: u64,
     /// The largest record. Default 16 MiB; 1 ..= 1 GiB.
     pub max_record_bytes: u32,
@@ -158,7 +158,7 @@ impl Default for LogConfig {
 
 impl LogConfig {
     /// The smallest segment size accepted.
-    pub const MIN_SEGMENT_BYTES: u64 = 4096;
+    pub const MIN_SEGMENT_BYTES: u64 = 1024;
     /// The largest record size accepted.
     pub const MAX_RECORD_BYTES: u32 = 1 << 30;
 
@@ -172,7 +172,7 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), LogError> {
         let refuse = |setting, reason| Err(LogError::Config { setting, reason });
         if self.segment_bytes < Self::MIN_SEGMENT_BYTES {
-            return refuse("segment_bytes", "must be at least 4096");
+            return refuse("segment_bytes", "must be at least 1024");
         }
         if self.max_record_bytes == 0 || self.max_record_bytes > Self::MAX_RECORD_BYTES {
             return refuse("max_record_bytes", "must be 1 ..= 1 GiB");

@@ -92,6 +92,8 @@ pub struct ShardLog<S: Storage> {
     pub(crate) storage: S,
     pub(crate) config: LogConfig,
     pub(crate) active: Active<S::File>,
+    /// Segments closed under `Fsync::Never` without a sync: a forced `sync` must cover them.
+    pub(crate) unsynced: Vec<Active<S::File>>,
     pub(crate) files: BTreeMap<FileId, FileInfo>,
     pub(crate) pending: Vec<u8>,
     pub(crate) pending_records: u32,
@@ -292,6 +294,12 @@ impl<S: Storage> ShardLog<S> {
     }
 
     fn sync_active(&mut self) -> Result<(), LogError> {
+        for mut closed in std::mem::take(&mut self.unsynced) {
+            if let Err(source) = closed.file.sync() {
+                let file = self.storage.locate(&closed.name);
+                return Err(self.poison(LogError::SyncFailed { file, source }));
+            }
+        }
         if let Err(source) = self.active.file.sync() {
             let file = self.storage.locate(&self.active.name);
             return Err(self.poison(LogError::SyncFailed { file, source }));
@@ -324,6 +332,18 @@ impl<S: Storage> ShardLog<S> {
         let header = make_header(&self.config, FileKind::Segment, id, previous_synced);
         match create_file(&self.storage, &segment_name(id), &header) {
             Ok(file) => {
+                let closed = std::mem::replace(
+                    &mut self.active,
+                    Active {
+                        id,
+                        name: segment_name(id),
+                        file,
+                        len: HEADER_LEN as u64,
+                    },
+                );
+                if self.synced < self.written {
+                    self.unsynced.push(closed);
+                }
                 self.dir_dirty = true;
                 self.files.insert(
                     FileId::Segment(id),
@@ -332,12 +352,6 @@ impl<S: Storage> ShardLog<S> {
                         ..FileInfo::default()
                     },
                 );
-                self.active = Active {
-                    id,
-                    name: segment_name(id),
-                    file,
-                    len: HEADER_LEN as u64,
-                };
                 Ok(())
             }
             Err(e) => Err(self.poison(e)),
@@ -412,6 +426,7 @@ impl<S: Storage> ShardLog<S> {
             }
             self.files.remove(&FileId::Segment(id));
         }
+        self.unsynced.retain(|closed| !ids.contains(&closed.id));
         if let Err(source) = self.storage.sync_dir() {
             let file = self.storage.locate(".");
             return Err(self.poison(LogError::SyncFailed { file, source }));

@@ -39,7 +39,7 @@ pub struct ReplayReport {
     pub segments: usize,
     /// How long reading and replaying took.
     pub duration: Duration,
-    /// Torn tails cut off (and later segments dropped with them, under `Fsync::Never`).
+    /// Torn tails cut off.
     pub torn: Vec<TornTail>,
     /// The boot id of the machine that wrote the newest segment, where it recorded one.
     pub previous_boot: Option<BootId>,
@@ -218,6 +218,8 @@ struct Cut {
     name: String,
     at: u64,
     len: u64,
+    /// Not yet judged by the next segment's header.
+    pending: bool,
 }
 
 impl<S: Storage> ShardLog<S> {
@@ -277,27 +279,16 @@ impl<S: Storage> ShardLog<S> {
         let mut drop_files: Vec<String> = Vec::new();
         let mut previous: Option<Header> = None;
         let mut segments = 0;
-        let last = listing.segments.len().saturating_sub(1);
         for (i, &id) in listing.segments.iter().enumerate() {
             let name = segment_name(id);
             let data = read(&storage, &name)?;
-            let header = match check_header(&data, FileKind::Segment, id, config.shard) {
-                Ok(h) => h,
-                // The newest segment's header may be torn: it was created, not yet synced.
-                Err(_) if i == last && Header::decode(&data).is_err() => {
-                    torn.push(TornTail {
-                        file: storage.locate(&name),
-                        offset: 0,
-                        dropped_bytes: data.len() as u64,
-                    });
-                    drop_files.push(name);
-                    break;
-                }
-                Err(reason) => return Err(corrupt(&storage, &name, 0, reason)),
-            };
-            if let Some(cut) = cuts.last() {
-                // The previous segment has a torn tail and yet a later one exists.
-                if header.flags & FLAG_PREVIOUS_SYNCED != 0 {
+            if let Some(cut) = cuts.last().filter(|c| c.pending) {
+                // The segment before has a damaged tail and yet a later one exists. A crash
+                // can only do that if the earlier one was not synced before this one began
+                // (Fsync::Never, which promises nothing after an OS crash: keep both).
+                let flagged =
+                    Header::decode(&data).is_ok_and(|h| h.flags & FLAG_PREVIOUS_SYNCED != 0);
+                if flagged {
                     let reason = "damaged end of a segment that was synced before the next began";
                     return Err(LogError::Corrupt {
                         file: storage.locate(&cut.name),
@@ -305,19 +296,31 @@ impl<S: Storage> ShardLog<S> {
                         reason,
                     });
                 }
-                // Under Fsync::Never it was not: keep the log a prefix, drop what follows.
-                for &later in &listing.segments[i..] {
-                    let name = segment_name(later);
-                    let len = read(&storage, &name)?.len() as u64;
+            }
+            if let Some(cut) = cuts.last_mut() {
+                cut.pending = false;
+            }
+            let header = match Header::decode(&data) {
+                // Created but never synced: torn like a record (if a later segment exists,
+                // the check above decides on reading it).
+                Err(_) => {
                     torn.push(TornTail {
                         file: storage.locate(&name),
                         offset: 0,
-                        dropped_bytes: len,
+                        dropped_bytes: data.len() as u64,
                     });
-                    drop_files.push(name);
+                    drop_files.push(name.clone());
+                    cuts.push(Cut {
+                        name,
+                        at: 0,
+                        len: 0,
+                        pending: true,
+                    });
+                    continue;
                 }
-                break;
-            }
+                Ok(_) => check_header(&data, FileKind::Segment, id, config.shard)
+                    .map_err(|reason| corrupt(&storage, &name, 0, reason))?,
+            };
             if id < end {
                 return Err(corrupt(
                     &storage,
@@ -352,6 +355,7 @@ impl<S: Storage> ShardLog<S> {
                     name: name.clone(),
                     at: w.valid_end as u64,
                     len: w.valid_end as u64,
+                    pending: true,
                 });
             }
             files.insert(
@@ -434,6 +438,7 @@ impl<S: Storage> ShardLog<S> {
                 file,
                 len: HEADER_LEN as u64,
             },
+            unsynced: Vec::new(),
             files,
             pending: Vec::new(),
             pending_records: 0,

@@ -54,7 +54,16 @@ impl<S: Storage> ShardLog<S> {
         // A leftover from an unfinished snapshot at this same position.
         let _ = self.storage.remove(&temp);
         let header = make_header(&self.config, FileKind::Snapshot, lsn, true);
-        let file = create_file(&self.storage, &temp, &header)?;
+        let file = match create_file(&self.storage, &temp, &header) {
+            Ok(file) => file,
+            Err(LogError::WriteFailed { source, .. }) if is_full(&source) => {
+                let _ = self.storage.remove(&temp);
+                let used = self.space().log_bytes;
+                let limit = self.config.max_bytes;
+                return Err(LogError::StorageFull { used, limit });
+            }
+            Err(e) => return Err(self.poison(e)),
+        };
         Ok(SnapshotWriter {
             log: self,
             lsn,
