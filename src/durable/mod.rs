@@ -54,7 +54,9 @@ mod recover;
 mod snapshot;
 mod storage;
 
+/// The crash-model fuzz target (`fuzz/fuzz_targets/log_ops.rs`).
 #[cfg(any(test, fuzzing))]
+#[doc(hidden)]
 pub mod fuzz;
 
 pub use config::{BootId, Fsync, FsyncMode, LogConfig};

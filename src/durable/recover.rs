@@ -417,8 +417,10 @@ impl<S: Storage> ShardLog<S> {
 
         let header = make_header(&config, FileKind::Segment, end, true);
         let name = segment_name(end);
-        let file = create_file(&storage, &name, &header)?;
-        if let Err(source) = storage.sync_dir() {
+        let mut file = create_file(&storage, &name, &header)?;
+        // Synced even under Fsync::Never: the header is the record of which mode and which
+        // boot wrote what follows, which the next start needs to judge what may be lost.
+        if let Err(source) = file.sync().and_then(|()| storage.sync_dir()) {
             let file = storage.locate(".");
             return Err(LogError::SyncFailed { file, source });
         }
