@@ -279,7 +279,7 @@ impl<S: Storage> ShardLog<S> {
         let mut drop_files: Vec<String> = Vec::new();
         let mut previous: Option<Header> = None;
         let mut segments = 0;
-        for (i, &id) in listing.segments.iter().enumerate() {
+        for &id in &listing.segments {
             let name = segment_name(id);
             let data = read(&storage, &name)?;
             if let Some(cut) = cuts.last().filter(|c| c.pending) {
