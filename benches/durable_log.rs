@@ -7,7 +7,11 @@
 //!   reports records per second. Beside each, `plain_file`: the same bytes without framing,
 //!   appended to a `std::fs::File` with one `write_all` (and one `sync_data` under always).
 //!   Closed segments are reclaimed (nothing is held), and the plain file is emptied when it
-//!   reaches the segment size, so the disk use stays bounded.
+//!   reaches the segment size, so the disk use stays bounded. Where `redis-server` is
+//!   installed, `redis` too: a server started on loopback with `appendonly yes` and
+//!   `appendfsync always` (or `no`), one connection sending the batch as pipelined `LPUSH`es of
+//!   the same records to 1000 per-user lists and waiting for every reply (Redis writes and
+//!   syncs its append-only file once per event-loop turn: its own group commit).
 //! - `replay/1M`: opening a log of 1,000,000 records of `RECORD` bytes (written once, before
 //!   measuring): records per second; the log size is printed, for MB/s.
 //!
@@ -17,8 +21,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -137,9 +143,121 @@ fn commit(c: &mut Criterion, name: &str, fsync: Fsync) {
                 }
             })
         });
+        let mode = if fsync == Fsync::Always {
+            "always"
+        } else {
+            "no"
+        };
+        if let Some(mut redis) = Redis::start(&d.join("redis"), mode) {
+            // The check: 2000 pushes land, 2 in each of the 1000 lists.
+            redis.push(&mut buf, 0, 2000);
+            assert_eq!(redis.llen("user7"), 2);
+            group.bench_function(BenchmarkId::new("redis", batch), |b| {
+                b.iter(|| {
+                    redis.push(&mut buf, i, batch);
+                    i += batch as u64;
+                })
+            });
+        } else {
+            eprintln!("redis-server not found: the redis peer is skipped");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
     group.finish();
+}
+
+/// A redis-server on a free loopback port, persisting to `dir`; `None` where not installed.
+struct Redis {
+    child: Child,
+    conn: TcpStream,
+}
+
+impl Redis {
+    fn start(dir: &Path, fsync: &str) -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        std::fs::create_dir_all(dir).ok()?;
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", fsync])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut child = child;
+        let started = Instant::now();
+        let conn = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(conn) => break conn,
+                Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("redis-server did not start: {e}");
+                }
+            }
+        };
+        conn.set_nodelay(true).unwrap();
+        Some(Redis { child, conn })
+    }
+
+    /// Sends `batch` pipelined LPUSHes of records `first..` and waits for all the replies.
+    fn push(&mut self, buf: &mut Vec<u8>, first: u64, batch: usize) {
+        buf.clear();
+        for i in first..first + batch as u64 {
+            let key = format!("user{}", i % 1000);
+            write!(
+                buf,
+                "*3\r\n$5\r\nLPUSH\r\n${}\r\n{key}\r\n${RECORD}\r\n",
+                key.len()
+            )
+            .unwrap();
+            buf.extend_from_slice(&record(i));
+            buf.extend_from_slice(b"\r\n");
+        }
+        self.conn.write_all(buf).unwrap();
+        // Each reply is one line (":<list length>\r\n"); an error reply would be one too,
+        // and is caught by the check below.
+        let (mut lines, mut chunk) = (0, [0u8; 65536]);
+        while lines < batch {
+            let n = self.conn.read(&mut chunk).unwrap();
+            assert!(n > 0, "redis closed the connection");
+            assert!(
+                chunk[0] != b'-',
+                "redis error: {}",
+                String::from_utf8_lossy(&chunk[..n])
+            );
+            lines += chunk[..n].iter().filter(|&&b| b == b'\n').count();
+        }
+    }
+
+    fn llen(&mut self, key: &str) -> u64 {
+        write!(self.conn, "*2\r\n$4\r\nLLEN\r\n${}\r\n{key}\r\n", key.len()).unwrap();
+        let mut reply = [0u8; 64];
+        let n = self.conn.read(&mut reply).unwrap();
+        let text = std::str::from_utf8(&reply[..n]).unwrap();
+        text.trim().trim_start_matches(':').parse().unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn commits(c: &mut Criterion) {
