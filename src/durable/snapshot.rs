@@ -3,7 +3,9 @@
 
 use super::error::is_full;
 use super::frame::{encode_record, FileKind, FRAME_OVERHEAD, HEADER_LEN};
-use super::log::{create_file, make_header, snapshot_name, FileId, FileInfo, Position, ShardLog};
+use super::log::{
+    create_file, make_header, segment_name, snapshot_name, FileId, FileInfo, Position, ShardLog,
+};
 use super::recover::snapshot_seed_base;
 use super::storage::{Storage, StorageFile};
 use super::LogError;
@@ -37,7 +39,7 @@ impl<S: Storage> ShardLog<S> {
     /// Starts a snapshot of everything appended so far: the active segment is closed, so the
     /// snapshot covers exactly the segments before the new one, and those are dropped when it
     /// is finished. The caller then holds the snapshot positions of its live records in place
-    /// of the old ones.
+    /// of the old ones, and forgets the old positions without releasing them (they are void).
     ///
     /// Errors: [`LogError::PendingRecords`] unless the last append was committed; a failure
     /// creating the temporary file.
@@ -121,6 +123,8 @@ impl<S: Storage> SnapshotWriter<'_, S> {
 
     /// Makes the snapshot durable (sync, rename into place, sync the directory), then drops
     /// the older snapshot and every segment it covers. Returns the number of records in it.
+    /// An error means the snapshot did not replace anything (and, but for running out of
+    /// space, the log is poisoned); once it is in place, the call succeeds.
     pub fn finish(mut self) -> Result<u64, LogError> {
         self.flush()?;
         let log = &mut *self.log;
@@ -147,12 +151,20 @@ impl<S: Storage> SnapshotWriter<'_, S> {
                 FileId::Snapshot(lsn) => *lsn < self.lsn,
             })
             .collect();
+        // The snapshot is in place: from here on nothing may fail the call, or the caller
+        // would keep positions in files the next start ignores. Files left by a failed removal
+        // are covered by the snapshot and removed at the next start.
         for f in &covered {
-            if let FileId::Snapshot(old) = f {
-                let _ = log.storage.remove(&snapshot_name(*old));
-                log.files.remove(f);
-            }
+            let name = match f {
+                FileId::Segment(id) => segment_name(*id),
+                FileId::Snapshot(lsn) => snapshot_name(*lsn),
+            };
+            let _ = log.storage.remove(&name);
+            log.files.remove(f);
         }
+        log.unsynced.retain(|closed| closed.id >= self.lsn);
+        // Only makes the removals durable; no data depends on it.
+        let _ = log.storage.sync_dir();
         log.files.insert(
             FileId::Snapshot(self.lsn),
             FileInfo {
@@ -160,14 +172,6 @@ impl<S: Storage> SnapshotWriter<'_, S> {
                 ..FileInfo::default()
             },
         );
-        let segments: Vec<u64> = covered
-            .iter()
-            .filter_map(|f| match f {
-                FileId::Segment(id) => Some(*id),
-                FileId::Snapshot(_) => None,
-            })
-            .collect();
-        log.remove_segments(&segments)?;
         Ok(self.records)
     }
 }
