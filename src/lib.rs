@@ -43,10 +43,10 @@
 //!
 //! # Stability
 //!
-//! Beyond the engine's own types, three modules are public and stable because they are useful
+//! Beyond the engine's own types, four modules are public and stable because they are useful
 //! on their own: [`sync`] (the bounded MPSC and SPSC rings), [`time`] (the hierarchical timing
-//! wheel and the clock) and [`breaker`] (the circuit breaker). Everything else in the engine is
-//! private.
+//! wheel and the clock), [`breaker`] (the circuit breaker) and [`durable`] (the append-only,
+//! checksummed shard log with group commit). Everything else in the engine is private.
 //!
 //! # Features
 //!
@@ -72,7 +72,8 @@ mod session;
 mod shutdown;
 mod stream;
 
-// The mechanism: lock-free structures, time, and the single-writer shards.
+// The mechanism: lock-free structures, time, the single-writer shards and their logs.
+pub mod durable;
 mod loom;
 mod shard;
 pub mod sync;
@@ -98,6 +99,7 @@ pub use config::{
     Config, ConfigError, DedupMode, EngineBuilder, OverflowPolicy, ParseDedupModeError,
     ParseOverflowPolicyError, ShedThresholds, UserLimits,
 };
+pub use durable::Fsync;
 pub use engine::{Engine, PendingOutcome, Session};
 pub use error::{
     AbortStreamError, AckError, ConnectError, SendError, SetLimitsError, TryRecvError, TrySendError,
