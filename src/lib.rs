@@ -89,12 +89,13 @@ pub use error::{
     AbortStreamError, AckError, ConnectError, SendError, SetLimitsError, TryRecvError, TrySendError,
 };
 pub use message::{
-    AbortReason, Delivery, InvalidInput, Message, MessageId, Priority, RejectReason, SendOutcome,
-    StreamPart, UserId,
+    AbortReason, Delivery, DeviceId, Fanout, InvalidInput, Message, MessageId, Priority,
+    RejectReason, SendOutcome, StreamPart, UserId,
 };
 pub use metrics::{Counters, Gauges, Histogram, MailboxStats, MetricsSnapshot, UserCounters};
 pub use session::{
-    CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResumePoint,
+    CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResetReason,
+    ResumePoint,
 };
 pub use shutdown::{ShutdownOptions, ShutdownReport};
 pub use stream::{StreamPhase, StreamStatus};

@@ -814,6 +814,8 @@ impl Model {
         let u = &self.users[user];
         let b = u.mailbox.as_ref()?;
         Some(MailboxStats {
+            device: None,
+            since_ms: 0,
             queued_per_band: [0, 1, 2, 3].map(|i| b.bands[i].len()),
             queued_bytes: b.queued_bytes(),
             in_flight: b.in_flight.len(),
@@ -1207,6 +1209,8 @@ impl Harness {
         for (user, mut got) in stats.drain(..VALID_USERS).enumerate() {
             if let Some(g) = got.as_mut() {
                 g.counters = Default::default();
+                g.device = None;
+                g.since_ms = 0;
             }
             if let (Some(got), Some(b)) = (&got, self.model.users[user].mailbox.as_mut()) {
                 let epoch = *b.epoch.get_or_insert(got.epoch);

@@ -1138,6 +1138,15 @@ fn write_outcome_fields(w: &mut FrameWriter, outcome: &SendOutcome) {
             w.lit(reason.as_str());
             w.lit("\"");
         }
+        // Only a user with several devices gets it, and devices are not on the wire yet: until
+        // they are, it reads as the best of its devices' outcomes.
+        SendOutcome::Fanout(f) => write_outcome_fields(
+            w,
+            &match f.delivered {
+                0 => SendOutcome::Queued { evicted: f.evicted },
+                _ => SendOutcome::Delivered,
+            },
+        ),
     }
 }
 
@@ -1822,6 +1831,7 @@ mod tests {
                 expired: 4,
                 deduplicated: 5,
                 ids: vec![MessageId::from("a\"b"), MessageId::from("c")],
+                reset: None,
             },
         };
         let user = UserId::new("al\\ice\n").expect("a user");

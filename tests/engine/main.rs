@@ -9,6 +9,7 @@ mod budget;
 mod concurrency;
 mod dedup;
 mod delivery;
+mod devices;
 mod layout;
 mod metrics;
 mod overflow;
