@@ -39,6 +39,10 @@ const BATCH: usize = 256;
 /// The longest a worker sleeps with no timer due; a safety net, not a timer.
 const IDLE_PARK: Duration = Duration::from_secs(1);
 
+/// A per-send or per-command list with one item per mailbox of a user: on the stack for up
+/// to 8 devices (the engine's default limit is 10).
+type PerMailbox<T> = SmallVec<[T; 8]>;
+
 /// One mailbox in the shard's slab: whose it is and the mailbox.
 struct Slot {
     user: UserId,
@@ -89,10 +93,10 @@ struct Mailboxes {
 
 impl Mailboxes {
     /// The user's mailboxes (a copy of the list: the caller goes on to change them).
-    fn slots_of(&self, user: &UserId) -> SmallVec<[u32; 2]> {
+    fn slots_of(&self, user: &UserId) -> PerMailbox<u32> {
         self.users
             .get(user)
-            .map_or_else(SmallVec::new, |e| e.slots.clone())
+            .map_or_else(SmallVec::new, |e| e.slots.iter().copied().collect())
     }
 
     fn slot(&self, slot: u32) -> Option<&Slot> {
@@ -780,7 +784,7 @@ impl Worker {
             }
         }
         // Per mailbox, in the user's order: `None` while it may still take the message.
-        let mut outcomes: SmallVec<[Option<SendOutcome>; 2]> = slots.iter().map(|_| None).collect();
+        let mut outcomes: PerMailbox<Option<SendOutcome>> = slots.iter().map(|_| None).collect();
         let mut budget_priority = message.priority();
         if message.is_stream_part() && !slots.is_empty() {
             // A stream part is judged by its stream, not by itself: a duplicate or refused
@@ -1031,7 +1035,7 @@ impl Worker {
 
 /// The outcome for the user from each of its mailboxes' (all decided by now).
 fn combine(outcomes: &[Option<SendOutcome>]) -> SendOutcome {
-    let decided: SmallVec<[SendOutcome; 2]> = outcomes.iter().flatten().copied().collect();
+    let decided: PerMailbox<SendOutcome> = outcomes.iter().flatten().copied().collect();
     debug_assert_eq!(decided.len(), outcomes.len(), "every mailbox decided");
     SendOutcome::combine(&decided)
 }

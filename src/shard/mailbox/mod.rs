@@ -513,6 +513,17 @@ mod tests {
         }
     }
 
+    /// What one more device costs per message its mailbox keeps: one of these entries (the
+    /// payload and the id are shared, a reference count each), quoted in
+    /// docs/architecture.md; keep the two in step.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_queued_or_in_flight_entry_is_120_bytes() {
+        assert_eq!(std::mem::size_of::<Queued>(), 120);
+        assert_eq!(std::mem::size_of::<InFlight>(), 120);
+        assert_eq!(std::mem::size_of::<Message>(), 80);
+    }
+
     #[test]
     fn drop_oldest_never_evicts_more_urgent() {
         let l = limits(2, OverflowPolicy::DropOldest);
