@@ -33,6 +33,13 @@
 //! # });
 //! ```
 //!
+//! # Devices
+//!
+//! A user may be connected from several devices at once
+//! ([`Engine::connect_device`]): each device has its own mailbox and gets every message sent
+//! to the user, with its own seqs, acknowledgements and resume point. A program whose clients
+//! never name a device ([`Engine::connect`]) has one mailbox per user, as above.
+//!
 //! # Architecture
 //!
 //! Users are hashed to shards. Each shard is one worker thread that alone owns its users'
