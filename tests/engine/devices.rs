@@ -181,6 +181,7 @@ async fn a_new_connect_replaces_its_own_device_only() {
     assert_eq!(recv_n(&mut phone2, 1).await, seqs_and(&["one"], 1));
     assert_eq!(recv_n(&mut laptop, 1).await, seqs_and(&["one"], 1));
     assert_eq!(laptop.end_reason(), None);
+    engine.barrier().await; // counters are published after the replies
     assert_eq!(engine.metrics().counters.replaced, 1);
 }
 
@@ -268,6 +269,7 @@ async fn a_slow_devices_overflow_does_not_touch_the_other() {
     assert_eq!(recv_n(&mut phone, 2).await, seqs_and(&["m7", "m8"], 3));
     phone.ack(4).unwrap();
     assert_eq!(recv_n(&mut phone, 1).await, seqs_and(&["m9"], 5));
+    engine.barrier().await;
     let m = engine.metrics();
     assert_eq!((m.counters.sent, m.counters.evicted), (10, 5));
 }
@@ -412,6 +414,7 @@ async fn a_device_past_the_limit_evicts_the_one_away_longest_or_is_refused() {
         engine.connect_device(&u, &device("laptop"), None).await,
         Err(ConnectError::TooManyDevices { max: 2 })
     ));
+    engine.barrier().await;
     let m = engine.metrics();
     assert_eq!(
         (m.counters.devices_evicted, m.counters.devices_refused),
@@ -630,5 +633,6 @@ async fn the_memory_budget_counts_one_copy_per_device_mailbox() {
         .map(|d| d.counters.shed)
         .collect();
     assert_eq!(shed, [1, 1]);
+    engine.barrier().await;
     assert_eq!(engine.metrics().counters.shed, 2, "losses count per device");
 }
