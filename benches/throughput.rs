@@ -27,6 +27,12 @@
 //!   consumer locks, walks every user popping up to `BATCH` messages most urgent band first,
 //!   unlocks, then processes the batch. Unbounded: producers never wait for the consumer.
 //!
+//! - `devices_*` groups (`Devices<D, _>`): the `tether` variant with 1, 2 and 4 devices per
+//!   user, all connected, one consumer thread draining and acking every device's session;
+//!   throughput counts messages, each delivered to every device of its user. Beside each
+//!   device count, `*_sender_fans_out`: the same sessions and deliveries with one user per
+//!   device and the producer sending each message to each of them.
+//!
 //! Before measuring, each variant is checked once: every message arrives exactly once (a seen
 //! bitmap), at the right user, in order per (user, producer); tether's seqs are consecutive
 //! per user. Every measured run still asserts the count and the sum of the indices. Waiting
@@ -40,7 +46,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use tether::{DedupMode, Engine, Message, OverflowPolicy, Priority, Session, UserId, UserLimits};
+use tether::{
+    DedupMode, DeviceId, Engine, Message, OverflowPolicy, Priority, Session, UserId, UserLimits,
+};
 
 mod support;
 use support::{payload, send_patiently, Patience, HANG, N, PAYLOAD};
@@ -294,6 +302,142 @@ impl<const FEATURES: u8> Transport for Tether<FEATURES> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// tether with devices: every user has `D` devices, all connected and acking.
+
+/// The engine of `Tether<0>`, with `D` devices per user, each connected once before measuring
+/// (named: with one device this is the one-mailbox path, as without devices). Every message
+/// reaches `D` sessions; the consumer loops over all of them as `Tether` does over users.
+/// Device `d` of each user feeds sink `d`, so each sink sees every message exactly once.
+///
+/// With `BY_SENDER` the engine knows no devices: each device is a user of its own (one
+/// mailbox each, the default device) and the producer sends every message `D` times, once to
+/// each: the fan-out a service had to do itself before devices. Same sessions, same
+/// deliveries, `D` times the sends.
+struct Devices<const D: usize, const BY_SENDER: bool> {
+    case: Case,
+    /// Session of user `u`, device `d` at `u * D + d`. Dropped before the engine stops.
+    sessions: Vec<Session>,
+    last_seq: Vec<u64>,
+    /// Whom a message to user `u` is sent to: `targets[u]`.
+    targets: Vec<Vec<UserId>>,
+    engine: Engine,
+}
+
+impl<const D: usize, const BY_SENDER: bool> Transport for Devices<D, BY_SENDER> {
+    fn new(case: Case) -> Self {
+        let engine = Engine::builder()
+            .dedup(DedupMode::Off)
+            .shards(SHARDS)
+            .user_limits(UserLimits {
+                max_messages: N as usize,
+                max_bytes: N as usize * PAYLOAD,
+                overflow: OverflowPolicy::Reject,
+            })
+            .build()
+            .expect("engine config");
+        let id = |name: String| UserId::new(name).expect("user id");
+        // Per user, the (user, device) of each of its `D` sessions.
+        let places: Vec<Vec<(UserId, DeviceId)>> = (0..case.users)
+            .map(|u| {
+                (0..D)
+                    .map(|d| match BY_SENDER {
+                        true => (id(format!("user-{u}-{d}")), DeviceId::default()),
+                        false => (
+                            id(format!("user-{u}")),
+                            DeviceId::new(format!("device-{d}")).expect("device id"),
+                        ),
+                    })
+                    .collect()
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let sessions = rt.block_on(async {
+            let mut sessions = Vec::with_capacity(case.users * D);
+            for (user, device) in places.iter().flatten() {
+                let session = engine.connect_device(user, device, None).await;
+                sessions.push(session.expect("connect"));
+            }
+            sessions
+        });
+        let targets = places
+            .into_iter()
+            .map(|p| {
+                let mut users: Vec<UserId> = p.into_iter().map(|(u, _)| u).collect();
+                if !BY_SENDER {
+                    users.truncate(1);
+                }
+                users
+            })
+            .collect();
+        Self {
+            case,
+            last_seq: vec![0; sessions.len()],
+            sessions,
+            targets,
+            engine,
+        }
+    }
+
+    fn run(&mut self, check: bool) -> Duration {
+        let case = self.case;
+        let barrier = Barrier::new(case.producers + 1);
+        let deadline = Instant::now() + HANG;
+        let (engine, targets) = (&self.engine, &self.targets);
+        let (sessions, last_seq) = (&mut self.sessions, &mut self.last_seq);
+        let mut sinks: Vec<Sink> = (0..D).map(|_| Sink::new(case, check)).collect();
+        let elapsed = thread::scope(|s| {
+            for p in 0..case.producers {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut patience = Patience::new(deadline);
+                    barrier.wait();
+                    for i in case.range(p) {
+                        for user in &targets[case.user_of(i)] {
+                            let message = Message::new(payload(i));
+                            send_patiently(engine, user, message, &mut patience);
+                        }
+                    }
+                });
+            }
+            let mut buf = Vec::with_capacity(BATCH);
+            let mut patience = Patience::new(deadline);
+            barrier.wait();
+            let start = Instant::now();
+            while !sinks.iter().all(Sink::done) {
+                let mut got = 0;
+                for (k, session) in sessions.iter_mut().enumerate() {
+                    if session.drain(&mut buf, BATCH) == 0 {
+                        continue;
+                    }
+                    got += buf.len();
+                    let (u, d) = (k / D, k % D);
+                    for delivery in buf.drain(..) {
+                        if check {
+                            assert_eq!(delivery.seq(), last_seq[k] + 1, "user {u}/{d}: seq gap");
+                        }
+                        last_seq[k] = delivery.seq();
+                        sinks[d].take(u, delivery.payload());
+                    }
+                    session.ack(last_seq[k]).expect("ack");
+                }
+                if got == 0 {
+                    patience.wait("tether consumer (devices)");
+                } else {
+                    patience.progress();
+                }
+            }
+            start.elapsed()
+        });
+        for sink in sinks {
+            sink.finish("tether (devices)");
+        }
+        elapsed
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Channels: one bounded channel carrying (user index, payload).
 
 trait Chan {
@@ -521,12 +665,34 @@ fn throughput(c: &mut Criterion) {
     }
 }
 
+/// Fan-out: the same sends to users with 1, 2 and 4 devices each, in one group, so a device
+/// count's cost is read against the one-device run beside it, and against the same deliveries
+/// made by a sender that fans out itself to one user per device. Throughput counts messages
+/// (of the producer's loop); each reaches every device of its user.
+fn devices(c: &mut Criterion) {
+    for users in [1, 1000] {
+        let case = Case {
+            users,
+            producers: 1,
+        };
+        let mut group = c.benchmark_group(format!("devices_{}", case.name()));
+        group.throughput(Throughput::Elements(N));
+        group.sampling_mode(SamplingMode::Flat);
+        variant::<Devices<1, false>>(&mut group, "tether_1device", case);
+        variant::<Devices<2, false>>(&mut group, "tether_2devices", case);
+        variant::<Devices<2, true>>(&mut group, "tether_2users_sender_fans_out", case);
+        variant::<Devices<4, false>>(&mut group, "tether_4devices", case);
+        variant::<Devices<4, true>>(&mut group, "tether_4users_sender_fans_out", case);
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = throughput
+    targets = throughput, devices
 }
 criterion_main!(benches);

@@ -139,7 +139,8 @@ impl fmt::Display for ParseOverflowPolicyError {
 impl std::error::Error for ParseOverflowPolicyError {}
 
 /// Caps on what one user's mailbox holds while waiting for delivery (the backlog, not counting
-/// the messages in the delivery window).
+/// the messages in the delivery window). A user with several devices has them on each
+/// device's mailbox separately.
 ///
 /// ```
 /// use tether::{OverflowPolicy, UserLimits};
@@ -202,6 +203,8 @@ pub struct Config {
     pub(crate) max_payload_bytes: usize,
     pub(crate) max_user_id_len: usize,
     pub(crate) max_message_id_len: usize,
+    pub(crate) max_device_id_len: usize,
+    pub(crate) max_devices_per_user: usize,
     pub(crate) user_limits: UserLimits,
     pub(crate) memory_budget_bytes: u64,
     pub(crate) shed: ShedThresholds,
@@ -227,7 +230,7 @@ impl Config {
     pub fn shards(&self) -> usize {
         self.shards
     }
-    /// Most messages in flight (delivered, unacknowledged) per user.
+    /// Most messages in flight (delivered, unacknowledged) per device mailbox.
     pub fn window(&self) -> usize {
         self.window
     }
@@ -242,6 +245,10 @@ impl Config {
     /// Largest payload accepted by a send.
     pub fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes
+    }
+    /// Most device mailboxes per user.
+    pub fn max_devices_per_user(&self) -> usize {
+        self.max_devices_per_user
     }
 }
 
@@ -279,6 +286,8 @@ impl Default for EngineBuilder {
                 max_payload_bytes: 1 << 20,
                 max_user_id_len: 256,
                 max_message_id_len: 256,
+                max_device_id_len: 64,
+                max_devices_per_user: 10,
                 user_limits: UserLimits::default(),
                 memory_budget_bytes: 1 << 30,
                 shed: ShedThresholds::default(),
@@ -306,6 +315,7 @@ impl Default for EngineBuilder {
 const MAX_SHARDS: usize = 1024;
 const MAX_INBOX: usize = 1 << 24;
 const MAX_WINDOW: usize = 1 << 20;
+const MAX_DEVICES: usize = 1024;
 
 impl EngineBuilder {
     /// Number of shards, each one worker thread owning the mailboxes of the users hashed to
@@ -348,6 +358,24 @@ impl EngineBuilder {
         self
     }
 
+    /// Longest device id, in bytes. Default 64. At least 1.
+    pub fn max_device_id_len(mut self, n: usize) -> Self {
+        self.config.max_device_id_len = n;
+        self
+    }
+
+    /// Most device mailboxes one user has (see [`DeviceId`](crate::DeviceId)). A device that
+    /// connects for the first time while the user has this many evicts the device that has
+    /// been away longest (its next connect reports `recovered = false` and
+    /// [`ResetReason::DeviceEvicted`](crate::ResetReason::DeviceEvicted)); if every device is
+    /// connected, the connect is refused with
+    /// [`ConnectError::TooManyDevices`](crate::ConnectError::TooManyDevices). Default 10.
+    /// Range 1..=1024.
+    pub fn max_devices_per_user(mut self, n: usize) -> Self {
+        self.config.max_devices_per_user = n;
+        self
+    }
+
     /// Per-user caps for users without an override (see
     /// [`Engine::set_user_limits`](crate::Engine::set_user_limits)). Default
     /// [`UserLimits::default`]: 1000 messages, 1 MiB, DropOldest. Both caps at least 1.
@@ -370,8 +398,10 @@ impl EngineBuilder {
         self
     }
 
-    /// Most mailboxes the engine keeps (split evenly across shards); a send that would create
-    /// one more is rejected with [`RejectReason::TooManyUsers`](crate::RejectReason::TooManyUsers).
+    /// Most users the engine keeps mailboxes for (split evenly across shards; a user counts
+    /// once however many device mailboxes it has); a send that would add one more is rejected
+    /// with [`RejectReason::TooManyUsers`](crate::RejectReason::TooManyUsers), a connect with
+    /// [`ConnectError::TooManyUsers`](crate::ConnectError::TooManyUsers).
     /// Default 10,000,000. At least 1.
     pub fn max_users(mut self, n: usize) -> Self {
         self.config.max_users = n;
@@ -500,6 +530,13 @@ impl EngineBuilder {
         range("max_payload_bytes", c.max_payload_bytes, 1, usize::MAX)?;
         range("max_user_id_len", c.max_user_id_len, 1, usize::MAX)?;
         range("max_message_id_len", c.max_message_id_len, 1, usize::MAX)?;
+        range("max_device_id_len", c.max_device_id_len, 1, usize::MAX)?;
+        range(
+            "max_devices_per_user",
+            c.max_devices_per_user,
+            1,
+            MAX_DEVICES,
+        )?;
         range(
             "user_limits.max_messages",
             c.user_limits.max_messages,

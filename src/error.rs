@@ -85,9 +85,17 @@ pub enum ConnectError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
-    /// The engine holds its maximum number of mailboxes and this user has none.
+    /// The engine holds its maximum number of users and this user has no mailbox.
     #[error("the engine holds its maximum number of users")]
     TooManyUsers,
+    /// A device connects for the first time while the user already has
+    /// `max_devices_per_user` device mailboxes, all of them connected (with one away, the
+    /// one away longest would have been evicted to make room).
+    #[error("the user already has {max} devices, all connected")]
+    TooManyDevices {
+        /// The configured maximum.
+        max: usize,
+    },
 }
 
 /// Why [`Engine::set_user_limits`](crate::Engine::set_user_limits) failed.

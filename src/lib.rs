@@ -33,6 +33,13 @@
 //! # });
 //! ```
 //!
+//! # Devices
+//!
+//! A user may be connected from several devices at once
+//! ([`Engine::connect_device`]): each device has its own mailbox and gets every message sent
+//! to the user, with its own seqs, acknowledgements and resume point. A program whose clients
+//! never name a device ([`Engine::connect`]) has one mailbox per user, as above.
+//!
 //! # Architecture
 //!
 //! Users are hashed to shards. Each shard is one worker thread that alone owns its users'
@@ -105,12 +112,13 @@ pub use error::{
     AbortStreamError, AckError, ConnectError, SendError, SetLimitsError, TryRecvError, TrySendError,
 };
 pub use message::{
-    AbortReason, Delivery, InvalidInput, Message, MessageId, Priority, RejectReason, SendOutcome,
-    StreamPart, UserId,
+    AbortReason, Delivery, DeviceId, Fanout, InvalidInput, Message, MessageId, Priority,
+    RejectReason, SendOutcome, StreamPart, UserId,
 };
 pub use metrics::{Counters, Gauges, Histogram, MailboxStats, MetricsSnapshot, UserCounters};
 pub use session::{
-    CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResumePoint,
+    CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResetReason,
+    ResumePoint,
 };
 pub use shutdown::{ShutdownOptions, ShutdownReport};
 pub use stream::{StreamPhase, StreamStatus};

@@ -93,6 +93,68 @@ impl fmt::Display for UserId {
     }
 }
 
+/// Which of a user's devices a session is: a short name the client chooses and keeps (in
+/// its app's storage), cheap to clone. Each device of a user has its own mailbox, so every
+/// device gets every message, with its own seqs, window, acks and resume point.
+///
+/// [`DeviceId::default()`] is the default device, the one a connect without a device name
+/// uses ([`Engine::connect`](crate::Engine::connect)); its name is empty, which no named
+/// device can have. The engine also enforces its configured maximum length (see
+/// [`EngineBuilder::max_device_id_len`](crate::EngineBuilder::max_device_id_len)).
+///
+/// ```
+/// use tether::{DeviceId, InvalidInput};
+///
+/// let phone = DeviceId::new("phone").unwrap();
+/// assert_eq!(phone.as_str(), "phone");
+/// assert!(!phone.is_default());
+/// assert!(DeviceId::default().is_default());
+/// assert_eq!(DeviceId::new(""), Err(InvalidInput::EmptyDeviceId));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DeviceId(Arc<str>);
+
+impl DeviceId {
+    /// A named device: any non-empty string.
+    pub fn new(name: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        let name = name.as_ref();
+        if name.is_empty() {
+            return Err(InvalidInput::EmptyDeviceId);
+        }
+        Ok(Self(Arc::from(name)))
+    }
+
+    /// The name as given; empty for the default device.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the default device.
+    pub fn is_default(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The default device (the empty name, shared: no allocation).
+impl Default for DeviceId {
+    fn default() -> Self {
+        static DEFAULT: OnceLock<Arc<str>> = OnceLock::new();
+        Self(DEFAULT.get_or_init(|| Arc::from("")).clone())
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A `Hasher` that passes through the `u64` that [`UserId`] already computed.
 #[derive(Default)]
 pub(crate) struct PrehashedHasher(u64);
@@ -491,6 +553,108 @@ pub enum SendOutcome {
     Duplicate,
     /// Not kept.
     Rejected(RejectReason),
+    /// The user has two or more device mailboxes and at least one of them kept the message:
+    /// what each device's mailbox did with it. (With one mailbox, or none yet, a send has one
+    /// of the outcomes above, exactly as for a user without devices.)
+    Fanout(Fanout),
+}
+
+/// What a user's device mailboxes did with one message, from [`SendOutcome::Fanout`]. Each
+/// device mailbox admits it under its own caps and overflow policy, so one device can drop it
+/// while another keeps it.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use tether::{DeviceId, Engine, Message, SendOutcome, UserId};
+///
+/// let engine = Engine::builder().build().unwrap();
+/// let kim = UserId::new("kim").unwrap();
+/// let _phone = engine.connect_device(&kim, &DeviceId::new("phone").unwrap(), None).await.unwrap();
+/// let laptop = engine.connect_device(&kim, &DeviceId::new("laptop").unwrap(), None).await.unwrap();
+/// drop(laptop); // away: its mailbox keeps what arrives
+/// engine.barrier().await;
+///
+/// let SendOutcome::Fanout(f) = engine.send_confirmed(&kim, Message::new("hi")).await.unwrap() else {
+///     unreachable!()
+/// };
+/// assert_eq!((f.delivered, f.queued, f.dropped, f.evicted), (1, 1, 0, 0));
+/// assert_eq!(f.kept(), 2);
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Fanout {
+    /// Device mailboxes that handed it to their live session.
+    pub delivered: u32,
+    /// Device mailboxes that kept it in a band.
+    pub queued: u32,
+    /// Device mailboxes that did not keep it (their own caps, policy or stream state).
+    pub dropped: u32,
+    /// Older messages evicted for it, summed over the device mailboxes (DropOldest).
+    pub evicted: u32,
+}
+
+impl Fanout {
+    /// Device mailboxes that kept it: delivered or queued.
+    pub fn kept(&self) -> u32 {
+        self.delivered + self.queued
+    }
+
+    /// Adds one device mailbox's outcome.
+    pub(crate) fn add(&mut self, outcome: SendOutcome) {
+        match outcome {
+            SendOutcome::Delivered => self.delivered += 1,
+            SendOutcome::Queued { evicted } => {
+                self.queued += 1;
+                self.evicted += evicted;
+            }
+            SendOutcome::Duplicate | SendOutcome::Rejected(_) => self.dropped += 1,
+            SendOutcome::Fanout(f) => {
+                self.delivered += f.delivered;
+                self.queued += f.queued;
+                self.dropped += f.dropped;
+                self.evicted += f.evicted;
+            }
+        }
+    }
+}
+
+impl SendOutcome {
+    /// Whether the message was kept by at least one mailbox (delivered or queued).
+    ///
+    /// ```
+    /// use tether::{RejectReason, SendOutcome};
+    /// assert!(SendOutcome::Queued { evicted: 0 }.is_kept());
+    /// assert!(!SendOutcome::Rejected(RejectReason::MailboxFull).is_kept());
+    /// ```
+    pub fn is_kept(&self) -> bool {
+        match self {
+            SendOutcome::Delivered | SendOutcome::Queued { .. } => true,
+            SendOutcome::Fanout(f) => f.kept() > 0,
+            SendOutcome::Duplicate | SendOutcome::Rejected(_) => false,
+        }
+    }
+
+    /// One outcome for the user from each device mailbox's, in device order: a single
+    /// mailbox's as it is; with several, `Fanout` when any kept it, else the first refusal
+    /// (`Duplicate` only when every device mailbox saw a duplicate).
+    pub(crate) fn combine(outcomes: &[SendOutcome]) -> SendOutcome {
+        if let [one] = outcomes {
+            return *one;
+        }
+        if outcomes.iter().any(SendOutcome::is_kept) {
+            let mut f = Fanout::default();
+            for o in outcomes {
+                f.add(*o);
+            }
+            return SendOutcome::Fanout(f);
+        }
+        outcomes
+            .iter()
+            .copied()
+            .find(|o| matches!(o, SendOutcome::Rejected(_)))
+            .unwrap_or(SendOutcome::Duplicate)
+    }
 }
 
 /// Why a message was not kept.
@@ -507,7 +671,7 @@ pub enum RejectReason {
     LargerThanMailbox,
     /// Shed by the engine-wide memory budget.
     MemoryBudget,
-    /// The engine already holds its maximum number of mailboxes.
+    /// The engine already holds its maximum number of users.
     TooManyUsers,
     /// A stream part for a stream that already completed or was aborted.
     StreamClosed,
@@ -588,6 +752,18 @@ pub enum InvalidInput {
     /// The message id is longer than the configured maximum.
     #[error("message id is {len} bytes, more than the maximum of {max}")]
     MessageIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A named device must have a non-empty name (the default device is
+    /// [`DeviceId::default`]).
+    #[error("device id is empty")]
+    EmptyDeviceId,
+    /// The device id is longer than the configured maximum.
+    #[error("device id is {len} bytes, more than the maximum of {max}")]
+    DeviceIdTooLong {
         /// Its length.
         len: usize,
         /// The configured maximum.

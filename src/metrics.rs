@@ -15,6 +15,7 @@ use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
 use crate::loom::{AtomicU64, Ordering};
+use crate::message::DeviceId;
 use crate::session::Epoch;
 
 /// Defines a set of named `u64` fields once, with their Prometheus help text, and generates
@@ -81,11 +82,13 @@ metric_set! {
         streams_aborted_producer: "Streams aborted by their producer.",
         streams_aborted_mailbox_removed: "Streams still open when their mailbox was removed (no marker: no one is left to receive it).",
         streams_resumed: "Streams in the middle of delivery when a new session attached.",
+        devices_evicted: "Device mailboxes removed to make room for a new device of the same user (the one away longest).",
+        devices_refused: "Connects of a new device refused because every device of the user was connected.",
     }
 }
 
 metric_set! {
-    /// One user's event counts since the user's mailbox was created (they go with it).
+    /// One mailbox's event counts (one device of a user) since it was created (they go with it).
     UserCounters {
         sent: "Messages for this user that reached the mailbox (not duplicates or shed ones).",
         delivered: "Messages that entered the delivery window for the first time.",
@@ -103,7 +106,7 @@ metric_set! {
     /// Engine-wide levels right now.
     Gauges {
         sessions_active: "Sessions attached to a mailbox.",
-        mailboxes: "Mailboxes held.",
+        mailboxes: "Mailboxes held: one per device of a user, or one waiting for a user's first device.",
         queued_critical: "Messages waiting in the Critical bands.",
         queued_high: "Messages waiting in the High bands.",
         queued_normal: "Messages waiting in the Normal bands.",
@@ -114,6 +117,7 @@ metric_set! {
         breakers_open: "Sessions whose circuit breaker is open.",
         breakers_half_open: "Sessions whose circuit breaker is waiting on a trial.",
         streams_open: "Streams open (started, not yet completed or aborted).",
+        users: "Users with at least one mailbox.",
     }
 }
 
@@ -542,6 +546,16 @@ impl MetricsSnapshot {
             &[("", c.mailboxes_removed)],
         );
         counter(
+            "devices_evicted_total",
+            h("devices_evicted"),
+            &[("", c.devices_evicted)],
+        );
+        counter(
+            "devices_refused_total",
+            h("devices_refused"),
+            &[("", c.devices_refused)],
+        );
+        counter(
             "breaker_transitions_total",
             "Circuit breaker transitions, by the state entered.",
             &[
@@ -606,6 +620,11 @@ impl MetricsSnapshot {
             &[("", g.sessions_active)],
         );
         gauge("mailboxes", "Mailboxes held.", &[("", g.mailboxes)]);
+        gauge(
+            "users",
+            "Users with at least one mailbox.",
+            &[("", g.users)],
+        );
         gauge(
             "queue_depth_messages",
             "Messages waiting in bands, by band.",
@@ -679,10 +698,15 @@ impl MetricsSnapshot {
     }
 }
 
-/// A snapshot of one user's mailbox, from [`Engine::mailbox_stats`](crate::Engine::mailbox_stats).
+/// A snapshot of one mailbox: one device of a user, from
+/// [`Engine::devices`](crate::Engine::devices), or the one
+/// [`Engine::mailbox_stats`](crate::Engine::mailbox_stats) picks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MailboxStats {
+    /// Whose mailbox it is: a device, or `None` for the mailbox that holds what was sent
+    /// before the user's first device connected (that device takes it over).
+    pub device: Option<DeviceId>,
     /// Messages waiting in each band, Critical first.
     pub queued_per_band: [usize; 4],
     /// Payload bytes waiting in the bands.
@@ -698,9 +722,13 @@ pub struct MailboxStats {
     pub epoch: Epoch,
     /// Whether a session is attached.
     pub connected: bool,
+    /// Since when, in ms on the engine's clock ([`Clock::now_ms`](crate::Clock::now_ms),
+    /// counted from the engine's start): the session attached if `connected`, else the last
+    /// session left (or the mailbox was created, if none ever attached).
+    pub since_ms: u64,
     /// Losses recorded since the last connect (they go into the next connect's manifest).
     pub missed: u64,
-    /// This user's event counts since the mailbox was created.
+    /// This mailbox's event counts since it was created.
     pub counters: UserCounters,
 }
 

@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use crate::message::MessageId;
 
-/// Identifies one life of a user's mailbox. Random, fixed while the mailbox exists; a resume
-/// point from another epoch cannot be honoured.
+/// Identifies one life of a mailbox (one per device of a user). Random, fixed while the
+/// mailbox exists; a resume point from another epoch cannot be honoured.
 ///
 /// Written as 16 lower-case hex digits.
 ///
@@ -52,7 +52,7 @@ pub struct ResumePoint {
     pub last_seq: u64,
 }
 
-/// What a user lost since the previous connect, and why.
+/// What a device lost since its previous connect, and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MissedManifest {
     /// Dropped by the overflow policies DropOldest and DropNewest.
@@ -68,6 +68,32 @@ pub struct MissedManifest {
     pub deduplicated: u64,
     /// Ids of the most recent dropped messages that had ids, oldest first.
     pub ids: Vec<MessageId>,
+    /// Set when the device's mailbox was removed as a whole since its last connect, for a
+    /// reason other than its away retention running out: everything it held is gone, and
+    /// the counts above start again from the new mailbox.
+    pub reset: Option<ResetReason>,
+}
+
+/// Why a device's mailbox was removed as a whole (see [`MissedManifest::reset`]).
+///
+/// ```
+/// assert_eq!(tether::ResetReason::DeviceEvicted.as_str(), "device_evicted");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResetReason {
+    /// Another device of the same user connected for the first time while the user already
+    /// had `max_devices_per_user` device mailboxes, and this device had been away longest.
+    DeviceEvicted,
+}
+
+impl ResetReason {
+    /// A short snake_case name, as used on the wire and in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::DeviceEvicted => "device_evicted",
+        }
+    }
 }
 
 impl MissedManifest {
@@ -109,7 +135,7 @@ pub enum CloseReason {
 /// Why the engine ended a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
-    /// A newer session of the same user took over.
+    /// A newer session of the same user and device took over.
     Replaced,
     /// The engine shut down.
     Shutdown,

@@ -370,6 +370,7 @@ pub fn decode_server_frame(frame: &Bytes) -> Result<ServerFrame, DecodeError> {
                 expired: w.missed.expired,
                 deduplicated: w.missed.deduplicated,
                 ids: w.missed.ids.into_iter().map(MessageId::from).collect(),
+                reset: None,
             };
             ServerFrame::Connected(ConnectedInfo {
                 user: w.user,
@@ -557,6 +558,7 @@ mod tests {
                 expired: 4,
                 deduplicated: 5,
                 ids: vec![MessageId::from("a\"b"), MessageId::from("c")],
+                reset: None,
             },
         };
         let user = UserId::new("al\\ice").expect("a user");

@@ -10,7 +10,7 @@ use crate::breaker::Breaker;
 use crate::config::{Config, ConfigError, EngineBuilder, UserLimits};
 use crate::error::{AbortStreamError, ConnectError, SendError, SetLimitsError, TrySendError};
 use crate::loom::{thread, Arc, AtomicBool, Ordering};
-use crate::message::{InvalidInput, Message, SendOutcome, UserId};
+use crate::message::{DeviceId, InvalidInput, Message, SendOutcome, UserId};
 use crate::metrics::{MailboxStats, MetricsSnapshot};
 use crate::session::ResumePoint;
 use crate::shard::budget::Budget;
@@ -143,6 +143,15 @@ impl Engine {
         let len = user.as_str().len();
         if len > max {
             return Err(InvalidInput::UserIdTooLong { len, max });
+        }
+        Ok(())
+    }
+
+    fn check_device(&self, device: &DeviceId) -> Result<(), InvalidInput> {
+        let max = self.inner.config.max_device_id_len;
+        let len = device.as_str().len();
+        if len > max {
+            return Err(InvalidInput::DeviceIdTooLong { len, max });
         }
         Ok(())
     }
@@ -302,22 +311,72 @@ impl Engine {
         })
     }
 
-    /// Connects `user`, replacing any live session of theirs (which ends with
-    /// [`EndReason::Replaced`](crate::EndReason::Replaced)). With a resume point from the same
-    /// epoch, deliveries the client already received are not sent again.
+    /// Connects `user`'s default device ([`DeviceId::default`]), replacing any live session
+    /// of that device (which ends with [`EndReason::Replaced`](crate::EndReason::Replaced)).
+    /// With a resume point from the same epoch, deliveries the client already received are not
+    /// sent again. The same as [`connect_device`](Self::connect_device) with the default
+    /// device: a user whose clients never name a device has one mailbox, as without devices.
     pub async fn connect(
         &self,
         user: &UserId,
+        resume: Option<ResumePoint>,
+    ) -> Result<Session, ConnectError> {
+        self.connect_device(user, &DeviceId::default(), resume)
+            .await
+    }
+
+    /// Connects one of `user`'s devices. Every device of a user has its own mailbox and gets
+    /// every message sent to the user from the moment its mailbox exists, with its own seqs,
+    /// window, acks, resume point and missed manifest; devices live side by side, and a new
+    /// connect of the same device replaces that device's live session
+    /// ([`EndReason::Replaced`](crate::EndReason::Replaced)).
+    ///
+    /// - Messages sent while the user has no mailbox wait in one, which the first device to
+    ///   connect takes over. A device that connects for the first time while the user already
+    ///   has device mailboxes starts empty: it gets what arrives from then on (copying another
+    ///   device's backlog would repeat what that device may already have received or
+    ///   acknowledged, and cost a copy of every entry).
+    /// - At most [`max_devices_per_user`](crate::EngineBuilder::max_devices_per_user) device
+    ///   mailboxes: a new device past it evicts the device that has been away longest (whose
+    ///   next connect reports `recovered = false` and
+    ///   [`ResetReason::DeviceEvicted`](crate::ResetReason::DeviceEvicted)), or is refused with
+    ///   [`ConnectError::TooManyDevices`] if every device is connected.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::{DeviceId, Engine, Message, UserId};
+    ///
+    /// let engine = Engine::builder().build().unwrap();
+    /// let lea = UserId::new("lea").unwrap();
+    /// let mut phone = engine.connect_device(&lea, &DeviceId::new("phone").unwrap(), None).await.unwrap();
+    /// let mut laptop = engine.connect_device(&lea, &DeviceId::new("laptop").unwrap(), None).await.unwrap();
+    /// engine.send(&lea, Message::new("hello")).await.unwrap();
+    /// for session in [&mut phone, &mut laptop] {
+    ///     let d = session.recv().await.unwrap();
+    ///     assert_eq!((d.seq(), &d.payload()[..]), (1, &b"hello"[..]));
+    /// }
+    /// assert_eq!(laptop.device().as_str(), "laptop");
+    /// # });
+    /// ```
+    pub async fn connect_device(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
         resume: Option<ResumePoint>,
     ) -> Result<Session, ConnectError> {
         if self.is_closing() {
             return Err(ConnectError::ShuttingDown);
         }
         self.check_user(user)?;
+        self.check_device(device)?;
         let shard = self.shard(user).clone();
         let (outbox_tx, outbox_rx) = outbox::channel(self.inner.config.window);
         let breaker = Breaker::new(&self.inner.config.breaker);
-        let shared = Arc::new(SessionShared::new(user.clone(), breaker.cell().clone()));
+        let shared = Arc::new(SessionShared::new(
+            user.clone(),
+            device.clone(),
+            breaker.cell().clone(),
+        ));
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut session = Session::new(
             user.clone(),
@@ -434,7 +493,9 @@ impl Engine {
         report
     }
 
-    /// A snapshot of `user`'s mailbox, or `None` if the user has none.
+    /// A snapshot of `user`'s mailbox: the default device's, or, if the user has no default
+    /// device, its only mailbox (also the one that waits for a first device); `None` if the
+    /// user has none, or only several named devices (see [`devices`](Self::devices)).
     ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -457,11 +518,47 @@ impl Engine {
         rx.await.ok().flatten()
     }
 
+    /// A snapshot of each of `user`'s mailboxes, in the order they were made: one per device
+    /// (connected or away since when, queued per band, in flight, its own counters), or the
+    /// one waiting for the user's first device. Empty if the user has none.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tether::{DeviceId, Engine, Message, UserId};
+    ///
+    /// let engine = Engine::builder().build().unwrap();
+    /// let max = UserId::new("max").unwrap();
+    /// let _tv = engine.connect_device(&max, &DeviceId::new("tv").unwrap(), None).await.unwrap();
+    /// let watch = engine.connect_device(&max, &DeviceId::new("watch").unwrap(), None).await.unwrap();
+    /// drop(watch);
+    /// engine.send(&max, Message::new("goal!")).await.unwrap();
+    ///
+    /// let devices = engine.devices(&max).await;
+    /// let shown: Vec<_> = devices
+    ///     .iter()
+    ///     .map(|d| (d.device.as_ref().unwrap().as_str(), d.connected, d.in_flight, d.queued()))
+    ///     .collect();
+    /// assert_eq!(shown, [("tv", true, 1, 0), ("watch", false, 0, 1)]);
+    /// # });
+    /// ```
+    pub async fn devices(&self, user: &UserId) -> Vec<MailboxStats> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Devices {
+            user: user.clone(),
+            reply: tx,
+        };
+        if self.shard(user).push_wait(cmd).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// The users with the deepest backlogs: at most `k` of them, as (user, messages queued,
     /// payload bytes queued), most messages first (then most bytes, then by id; which of
     /// several users tied at the cut make it is unspecified). Only messages waiting in the
-    /// bands count, not those in flight; users with nothing queued are left out. For
-    /// dashboards and diagnosis.
+    /// bands count, not those in flight; users with nothing queued are left out. A user with
+    /// several devices counts with its deepest device mailbox (they hold copies of the same
+    /// messages). For dashboards and diagnosis.
     ///
     /// Each shard answers by scanning its mailboxes once with a heap of at most `k`
     /// entries, O(users x log k) on the shard's own thread, which delays the shard's other
@@ -514,8 +611,8 @@ impl Engine {
         all
     }
 
-    /// Aborts stream `stream` of `user` on the producer's behalf: its parts not yet delivered
-    /// are dropped, and the user receives an abort marker carrying
+    /// Aborts stream `stream` of `user` on the producer's behalf (on every device): its parts
+    /// not yet delivered are dropped, and the user receives an abort marker carrying
     /// [`AbortReason::Producer`](crate::AbortReason::Producer) with `reason`, after the parts already delivered. Returns
     /// whether the stream was open. A stream the engine has not seen yet is remembered as
     /// aborted (while the user has a mailbox), so parts that arrive after the abort are
@@ -564,7 +661,9 @@ impl Engine {
     }
 
     /// What the engine knows of stream `stream` of `user`: which parts arrived, which are
-    /// held back or missing, how many were delivered and acknowledged, or how it ended.
+    /// held back or missing, how many were delivered and acknowledged, or how it ended. Each
+    /// device mailbox runs its own copy of a stream: this is the first one, in the order the
+    /// mailboxes were made, that knows it.
     /// `None` if the stream is unknown (never seen, finished longer ago than the stream
     /// timeout, or its mailbox is gone) or the engine is shutting down. See [`StreamStatus`].
     pub async fn stream_status(&self, user: &UserId, stream: &str) -> Option<StreamStatus> {
@@ -578,8 +677,8 @@ impl Engine {
         rx.await.ok().flatten()
     }
 
-    /// Overrides the mailbox caps for one user (`None` restores the engine default). It
-    /// applies to messages sent after it and lasts until changed, whether or not the user has
+    /// Overrides the mailbox caps for one user (`None` restores the engine default), on each
+    /// of its device mailboxes. It applies to messages sent after it and lasts until changed, whether or not the user has
     /// a mailbox (it survives mailbox expiry). Overrides count against `max_users`.
     ///
     /// ```

@@ -7,13 +7,13 @@ use std::task::{Context, Poll};
 use crate::breaker::{Breaker, BreakerState, Transition};
 use crate::error::{AckError, TryRecvError};
 use crate::loom::Arc;
-use crate::message::{Delivery, UserId};
+use crate::message::{Delivery, DeviceId, UserId};
 use crate::session::{CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ResumePoint};
 use crate::shard::link::{end_reason, SessionShared};
 use crate::shard::ShardShared;
 use crate::sync::outbox::{OutboxReceiver, TryRecv};
 use crate::time::Clock;
-/// A user's connection: deliveries arrive in order (in-flight re-deliveries first, then the
+/// A connection of one of a user's devices: deliveries arrive in order (in-flight re-deliveries first, then the
 /// backlog most urgent first, then live messages), each with its seq.
 ///
 /// At most `window` deliveries are unacknowledged at a time; acknowledge with [`ack`](Self::ack)
@@ -98,6 +98,11 @@ impl Session {
     /// The user.
     pub fn user(&self) -> &UserId {
         &self.user
+    }
+
+    /// The device ([`DeviceId::default`] for a plain [`Engine::connect`](crate::Engine::connect)).
+    pub fn device(&self) -> &DeviceId {
+        &self.shared.device
     }
 
     /// What the connect found: epoch, whether the resume point was honoured, missed messages.
@@ -263,6 +268,7 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("user", &self.user)
+            .field("device", &self.shared.device)
             .field("epoch", &self.info.epoch)
             .field("last_received", &self.last_received)
             .finish_non_exhaustive()

@@ -6,18 +6,21 @@
 //! side are read together, top to bottom (test code; never in a build users get).
 //!
 //! The model is deliberately naive (vectors and loops, no bitmaps, no byte counters kept in
-//! step): per user four band queues, the in-flight list with seqs, `next_seq`, the epoch once
-//! observed, the per-user limits and the missed manifest; per session what is still waiting in
-//! its outbox and what it received. After every step the harness calls `Engine::barrier` (acks
-//! and closes travel asynchronously) and compares each user's `mailbox_stats` and the engine's
-//! `memory_used` with the model. Each send's outcome, each connect's `ConnectInfo`, each ack's
-//! result and every delivery a session receives (seq, payload, priority, id) are compared as
-//! they happen.
+//! step): per user its mailboxes in the order they were made (one per device, or one waiting
+//! for the first device), each with four band queues, the in-flight list with seqs,
+//! `next_seq`, the epoch once observed, the missed manifest and since when it is connected or
+//! away; the names of evicted devices; the per-user limits; per device its sessions, each with
+//! what is still waiting in its outbox and what it received. The engine runs on a manual clock
+//! that moves 1 ms per step, so which device has been away longest is decided by the ops. After
+//! every step the harness calls `Engine::barrier` (acks and closes travel asynchronously) and
+//! compares each user's `devices` and `mailbox_stats` and the engine's `memory_used` with the
+//! model. Each send's outcome, each connect's `ConnectInfo`, each ack's result and every
+//! delivery a session receives (seq, payload, priority, id) are compared as they happen.
 //!
-//! Input layout: 4 setup bytes (window, policy, manifest ids, user cap; per-user caps; memory
-//! budget; largest payload), then operations of 2 or 3 bytes each, at most [`MAX_OPS`]. The
-//! first byte of an operation picks its kind (low nibble) and its user (high nibble). See
-//! [`decode`].
+//! Input layout: 4 setup bytes (window, policy, manifest ids, user and device caps; per-user
+//! caps; memory budget; largest payload), then operations of 2 or 3 bytes each, at most
+//! [`MAX_OPS`]. The first byte of an operation picks its kind (low nibble) and its user and
+//! device (high nibble). See [`decode`].
 //!
 //! `fuzz/fuzz_targets/engine_ops.rs` is one line calling [`engine_ops`]; the seed corpus in
 //! `fuzz/corpus/engine_ops/` and a fixed-seed batch of random inputs run under `cargo test`.
@@ -27,15 +30,16 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::engine::block_on;
 use crate::{
-    AckError, CloseReason, ConnectError, ConnectInfo, Delivery, EndReason, Engine, Epoch,
-    InvalidInput, MailboxStats, Message, MissedManifest, OverflowPolicy, Priority, RejectReason,
-    ResumePoint, SendError, SendOutcome, Session, SetLimitsError, TryRecvError, TrySendError,
-    UserId, UserLimits,
+    AckError, Clock, CloseReason, ConnectError, ConnectInfo, Delivery, DeviceId, EndReason, Engine,
+    Epoch, Fanout, InvalidInput, MailboxStats, Message, MissedManifest, OverflowPolicy, Priority,
+    RejectReason, ResetReason, ResumePoint, SendError, SendOutcome, Session, SetLimitsError,
+    TryRecvError, TrySendError, UserId, UserLimits,
 };
 
 /// Most operations decoded from one input.
@@ -47,6 +51,10 @@ const USERS: [&str; 4] = ["a", "bb", "ccc", "dddd"];
 const VALID_USERS: usize = 3;
 const MAX_USER_ID_LEN: usize = 3;
 const MAX_MESSAGE_ID_LEN: usize = 3;
+/// The device names: the default device (empty), three named ones, and one longer than
+/// [`MAX_DEVICE_ID_LEN`], always refused.
+const DEVICES: [&str; 5] = ["", "p", "l", "t", "xxxxx"];
+const MAX_DEVICE_ID_LEN: usize = 4;
 
 /// Decodes `data` into operations, runs them against a fresh engine and a reference model,
 /// and panics (naming the step) at the first difference.
@@ -81,6 +89,7 @@ struct Setup {
     limits: UserLimits,
     missed_ids: usize,
     max_users: usize,
+    max_devices: usize,
     budget: u64,
     max_payload: usize,
 }
@@ -148,38 +157,51 @@ enum Op {
         size: Size,
     },
     Connect {
-        user: usize,
+        at: Dev,
         resume: ResumeSpec,
         keep_old: bool,
     },
     TryRecv {
-        user: usize,
+        at: Dev,
         which: Which,
         count: u8,
     },
     Drain {
-        user: usize,
+        at: Dev,
         which: Which,
         max: u8,
     },
     Ack {
-        user: usize,
+        at: Dev,
         which: Which,
         ack: AckSpec,
     },
     Close {
-        user: usize,
+        at: Dev,
         which: Which,
         reason: CloseReason,
     },
     Drop {
-        user: usize,
+        at: Dev,
         which: Which,
     },
     SetLimits {
         user: usize,
         limits: Option<UserLimits>,
     },
+}
+
+/// A user and one of its devices: indices into [`USERS`] and [`DEVICES`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Dev {
+    user: usize,
+    device: usize,
+}
+
+impl fmt::Debug for Dev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:?}", USERS[self.user], DEVICES[self.device])
+    }
 }
 
 struct Bytes8<'a> {
@@ -210,12 +232,15 @@ fn policy(bits: u8) -> OverflowPolicy {
 
 /// Setup bytes:
 /// - `b0`: window `1 + bits 0-1`, policy bits 2-3 (0 and 3 DropOldest, 1 DropNewest, 2
-///   Reject), manifest ids kept bits 4-5, bits 6-7 both set cap the engine at 2 mailboxes;
+///   Reject), manifest ids kept bits 4-5; bits 6-7: 1 or 2 cap a user at that many devices,
+///   otherwise 3 devices, and both set also cap the engine at 2 users;
 /// - `b1`: max_messages `1 + bits 0-1`, max_bytes `1 + 4 * bits 2-7`;
 /// - `b2`: memory budget `16 + 4 * b2`;
 /// - `b3`: largest payload `32 + b3`.
 ///
-/// Operations: `k = b & 15` picks the kind, `b >> 4` the user (15: the invalid one, else `% 3`):
+/// Operations: `k = b & 15` picks the kind, `h = b >> 4` the user and device: 15 is the invalid
+/// user (default device), otherwise user `h % 3` and device `h / 3` (0 the default, 1-3 named,
+/// 4 the invalid one). Sends and limits ignore the device:
 /// - `0..=4` send `p s`: priority `p & 3`, id `p >> 2 & 7` (0-3 none, 4-5 valid, 6 empty, 7
 ///   too long), mode `p >> 5 & 3` (0-1 confirmed, 2 plain, 3 try); size `s % 65`, or for
 ///   `s >= 0xF0` the edge `s & 15`;
@@ -242,16 +267,28 @@ fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
         },
         missed_ids: ((b0 >> 4) & 3) as usize,
         max_users: if b0 & 0xC0 == 0xC0 { 2 } else { 1000 },
+        max_devices: match b0 >> 6 {
+            1 => 1,
+            2 => 2,
+            _ => 3,
+        },
         budget: 16 + 4 * b2 as u64,
         max_payload: 32 + b3 as usize,
     };
     let mut ops = Vec::new();
     while ops.len() < MAX_OPS {
         let Some(b) = r.next() else { break };
-        let user = match b >> 4 {
-            15 => VALID_USERS,
-            hi => (hi % 3) as usize,
+        let at = match b >> 4 {
+            15 => Dev {
+                user: VALID_USERS,
+                device: 0,
+            },
+            hi => Dev {
+                user: (hi % 3) as usize,
+                device: (hi / 3) as usize,
+            },
         };
+        let user = at.user;
         let which = |replaced: bool| {
             if replaced {
                 Which::Replaced
@@ -302,7 +339,7 @@ fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
                     _ => ResumeSpec::Claim(c >> 4),
                 };
                 Op::Connect {
-                    user,
+                    at,
                     resume,
                     keep_old: c & 8 != 0,
                 }
@@ -310,7 +347,7 @@ fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
             7 => {
                 let c = r.or0();
                 Op::TryRecv {
-                    user,
+                    at,
                     which: which(c & 1 != 0),
                     count: 1 + (c >> 1 & 7),
                 }
@@ -318,7 +355,7 @@ fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
             8 => {
                 let c = r.or0();
                 Op::Drain {
-                    user,
+                    at,
                     which: which(c & 1 != 0),
                     max: c >> 1 & 7,
                 }
@@ -333,7 +370,7 @@ fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
                     _ => AckSpec::Exactly(c >> 2 & 15),
                 };
                 Op::Ack {
-                    user,
+                    at,
                     which: which(c & 0x80 != 0),
                     ack,
                 }
@@ -346,7 +383,7 @@ fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
                     CloseReason::Normal
                 };
                 Op::Close {
-                    user,
+                    at,
                     which: which(c & 1 != 0),
                     reason,
                 }
@@ -354,7 +391,7 @@ fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
             12 => {
                 let c = r.or0();
                 Op::Drop {
-                    user,
+                    at,
                     which: which(c & 1 != 0),
                 }
             }
@@ -377,8 +414,10 @@ fn decode(data: &[u8]) -> (Setup, Vec<Op>) {
 // The reference model
 // ---------------------------------------------------------------------------------------------
 
-/// One user's mailbox as the model sees it.
+/// One mailbox as the model sees it.
 struct ModelBox {
+    /// Whose: a device, or `None` while it waits for the user's first device.
+    device: Option<usize>,
     /// Critical first; each FIFO.
     bands: [VecDeque<Message>; 4],
     /// Delivered, unacknowledged, with their seqs, in seq order.
@@ -387,16 +426,20 @@ struct ModelBox {
     /// Random in the engine: learned from the first stats or connect that shows it.
     epoch: Option<Epoch>,
     missed: MissedManifest,
+    /// Since when it has been connected or away (ms).
+    since: u64,
 }
 
 impl ModelBox {
-    fn new() -> Self {
+    fn new(device: Option<usize>, now: u64) -> Self {
         Self {
+            device,
             bands: Default::default(),
             in_flight: VecDeque::new(),
             next_seq: 1,
             epoch: None,
             missed: MissedManifest::default(),
+            since: now,
         }
     }
 
@@ -443,6 +486,8 @@ fn lose(missed: &mut MissedManifest, loss: Loss, message: &Message, keep: usize)
 
 /// A session as the model sees it.
 struct ModelSession {
+    /// The epoch of the mailbox it attached to (placeholder until learned).
+    epoch: Epoch,
     /// Delivered to this session and not yet taken by it.
     outbox: VecDeque<(u64, Message)>,
     last_received: u64,
@@ -453,8 +498,9 @@ struct ModelSession {
 }
 
 impl ModelSession {
-    fn new(outbox: VecDeque<(u64, Message)>) -> Self {
+    fn new(epoch: Epoch, outbox: VecDeque<(u64, Message)>) -> Self {
         Self {
+            epoch,
             outbox,
             last_received: 0,
             acked: 0,
@@ -484,17 +530,49 @@ impl ModelSession {
             None => Err(TryRecvError::Empty),
         }
     }
+
+    fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            epoch: self.epoch,
+            last_seq: self.last_received,
+        }
+    }
 }
 
+/// One device's sessions as the model sees them.
 #[derive(Default)]
-struct ModelUser {
-    mailbox: Option<ModelBox>,
+struct ModelDevice {
     current: Option<ModelSession>,
     replaced: Option<ModelSession>,
     /// The resume point of the last session closed or dropped.
     saved: Option<ResumePoint>,
+}
+
+#[derive(Default)]
+struct ModelUser {
+    /// In the order they were made.
+    boxes: Vec<ModelBox>,
+    /// Evicted devices not connected since, oldest first.
+    evicted: VecDeque<usize>,
+    devices: [ModelDevice; DEVICES.len()],
     /// The per-user limits override.
     limits: Option<UserLimits>,
+}
+
+impl ModelUser {
+    /// The index of `device`'s mailbox.
+    fn box_of(&self, device: usize) -> Option<usize> {
+        self.boxes.iter().position(|b| b.device == Some(device))
+    }
+
+    /// The mailbox `mailbox_stats` shows: the default device's, else the only one.
+    fn main_box(&self) -> Option<&ModelBox> {
+        match self.box_of(0) {
+            Some(i) => Some(&self.boxes[i]),
+            None if self.boxes.len() == 1 => self.boxes.first(),
+            None => None,
+        }
+    }
 }
 
 struct Model {
@@ -503,19 +581,48 @@ struct Model {
     /// (user, id) of every accepted message with an id: the dedup window never rotates
     /// within one input (it lasts two minutes).
     accepted_ids: std::collections::HashSet<(usize, String)>,
+    /// The engine's clock (ms): one per step.
+    now: u64,
+}
+
+/// One outcome for the user from its mailboxes' (the engine's rule, restated).
+fn combine(outcomes: &[SendOutcome]) -> SendOutcome {
+    let kept = |o: &SendOutcome| matches!(o, SendOutcome::Delivered | SendOutcome::Queued { .. });
+    match outcomes {
+        [one] => *one,
+        _ if outcomes.iter().any(kept) => {
+            let mut f = Fanout::default();
+            for o in outcomes {
+                match o {
+                    SendOutcome::Delivered => f.delivered += 1,
+                    SendOutcome::Queued { evicted } => {
+                        f.queued += 1;
+                        f.evicted += evicted;
+                    }
+                    _ => f.dropped += 1,
+                }
+            }
+            SendOutcome::Fanout(f)
+        }
+        _ => outcomes
+            .iter()
+            .copied()
+            .find(|o| matches!(o, SendOutcome::Rejected(_)))
+            .unwrap_or(SendOutcome::Duplicate),
+    }
 }
 
 impl Model {
     fn held(&self) -> usize {
         self.users
             .iter()
-            .filter_map(|u| u.mailbox.as_ref())
+            .flat_map(|u| &u.boxes)
             .map(ModelBox::held)
             .sum()
     }
 
-    fn mailboxes(&self) -> usize {
-        self.users.iter().filter(|u| u.mailbox.is_some()).count()
+    fn user_count(&self) -> usize {
+        self.users.iter().filter(|u| !u.boxes.is_empty()).count()
     }
 
     /// Bytes held (queued and in flight) at or under which a message of `p` is still admitted.
@@ -546,17 +653,6 @@ impl Model {
         Ok(())
     }
 
-    /// Creates the user's mailbox if it has none and the engine has room; false if it has none.
-    fn ensure_mailbox(&mut self, user: usize) -> bool {
-        if self.users[user].mailbox.is_none() {
-            if self.mailboxes() >= self.setup.max_users {
-                return false;
-            }
-            self.users[user].mailbox = Some(ModelBox::new());
-        }
-        true
-    }
-
     fn send(&mut self, user: usize, m: &Message) -> Result<SendOutcome, InvalidInput> {
         self.check_user(user)?;
         let len = m.payload().len();
@@ -578,52 +674,65 @@ impl Model {
                 });
             }
         }
-        // The engine's default dedup: an id already accepted for this user is a duplicate.
+        // The engine's default dedup: an id already accepted for this user is a duplicate,
+        // refused once and noted by every mailbox of the user.
         let key = m.id().map(|id| (user, id.as_str().to_owned()));
         if let Some(key) = &key {
             if self.accepted_ids.contains(key) {
-                if let Some(b) = self.users[user].mailbox.as_mut() {
+                for b in &mut self.users[user].boxes {
                     b.missed.deduplicated += 1;
                 }
                 return Ok(SendOutcome::Duplicate);
             }
         }
-        let outcome = self.admit(user, m)?;
-        if let (Some(key), SendOutcome::Delivered | SendOutcome::Queued { .. }) = (key, outcome) {
+        let keep = self.setup.missed_ids;
+        // The budget counts one copy per mailbox.
+        let copies = self.users[user].boxes.len().max(1);
+        if self.held() + len * copies > self.threshold(m.priority()) {
+            for b in &mut self.users[user].boxes {
+                lose(&mut b.missed, Loss::Shed, m, keep);
+            }
+            return Ok(SendOutcome::Rejected(RejectReason::MemoryBudget));
+        }
+        if self.users[user].boxes.is_empty() {
+            if self.user_count() >= self.setup.max_users {
+                return Ok(SendOutcome::Rejected(RejectReason::TooManyUsers));
+            }
+            let now = self.now;
+            self.users[user].boxes.push(ModelBox::new(None, now));
+        }
+        let outcomes: Vec<_> = (0..self.users[user].boxes.len())
+            .map(|i| self.admit(user, i, m))
+            .collect();
+        let outcome = combine(&outcomes);
+        let kept = !matches!(outcome, SendOutcome::Rejected(_) | SendOutcome::Duplicate);
+        if let (Some(key), true) = (key, kept) {
             self.accepted_ids.insert(key);
         }
         Ok(outcome)
     }
 
-    /// A valid, non-duplicate send: budget, mailbox, window, overflow.
-    fn admit(&mut self, user: usize, m: &Message) -> Result<SendOutcome, InvalidInput> {
+    /// One mailbox takes a valid, non-duplicate send the budget admitted: window, overflow.
+    fn admit(&mut self, user: usize, i: usize, m: &Message) -> SendOutcome {
         let len = m.payload().len();
         let keep = self.setup.missed_ids;
-        if self.held() + len > self.threshold(m.priority()) {
-            if let Some(b) = self.users[user].mailbox.as_mut() {
-                lose(&mut b.missed, Loss::Shed, m, keep);
-            }
-            return Ok(SendOutcome::Rejected(RejectReason::MemoryBudget));
-        }
-        if !self.ensure_mailbox(user) {
-            return Ok(SendOutcome::Rejected(RejectReason::TooManyUsers));
-        }
         let limits = self.limits(user);
         let window = self.setup.window;
         let u = &mut self.users[user];
-        let b = u.mailbox.as_mut().expect("ensured");
-        if let Some(s) = u.current.as_mut() {
+        let b = &mut u.boxes[i];
+        let session = b.device.and_then(|d| u.devices[d].current.as_mut());
+        if let Some(s) = session {
             if b.in_flight.len() < window {
                 let seq = b.next_seq;
                 b.next_seq += 1;
                 b.in_flight.push_back((seq, m.clone()));
                 s.outbox.push_back((seq, m.clone()));
-                return Ok(SendOutcome::Delivered);
+                return SendOutcome::Delivered;
             }
         }
         if len > limits.max_bytes {
             lose(&mut b.missed, Loss::Rejected, m, keep);
-            return Ok(SendOutcome::Rejected(RejectReason::LargerThanMailbox));
+            return SendOutcome::Rejected(RejectReason::LargerThanMailbox);
         }
         let fits = |count: usize, bytes: usize| {
             count < limits.max_messages && bytes + len <= limits.max_bytes
@@ -633,11 +742,11 @@ impl Model {
             match limits.overflow {
                 OverflowPolicy::Reject => {
                     lose(&mut b.missed, Loss::Rejected, m, keep);
-                    return Ok(SendOutcome::Rejected(RejectReason::MailboxFull));
+                    return SendOutcome::Rejected(RejectReason::MailboxFull);
                 }
                 OverflowPolicy::DropNewest => {
                     lose(&mut b.missed, Loss::Evicted, m, keep);
-                    return Ok(SendOutcome::Rejected(RejectReason::Dropped));
+                    return SendOutcome::Rejected(RejectReason::Dropped);
                 }
                 OverflowPolicy::DropOldest => {
                     // Candidates: the least urgent band first, oldest first, down to (and
@@ -656,7 +765,7 @@ impl Model {
                     }
                     if !fits(count, bytes) {
                         lose(&mut b.missed, Loss::Evicted, m, keep);
-                        return Ok(SendOutcome::Rejected(RejectReason::Dropped));
+                        return SendOutcome::Rejected(RejectReason::Dropped);
                     }
                     for band in victims {
                         let victim = b.bands[band].pop_front().expect("counted");
@@ -667,14 +776,17 @@ impl Model {
             }
         }
         b.bands[m.priority().index()].push_back(m.clone());
-        Ok(SendOutcome::Queued { evicted })
+        SendOutcome::Queued { evicted }
     }
 
-    /// Moves the most urgent waiting messages into the attached session's window.
-    fn fill(&mut self, user: usize) {
+    /// Moves the most urgent waiting messages of `device`'s mailbox into its session's window.
+    fn fill(&mut self, user: usize, device: usize) {
         let window = self.setup.window;
         let u = &mut self.users[user];
-        let (Some(b), Some(s)) = (u.mailbox.as_mut(), u.current.as_mut()) else {
+        let Some(i) = u.box_of(device) else {
+            return;
+        };
+        let (b, Some(s)) = (&mut u.boxes[i], u.devices[device].current.as_mut()) else {
             return;
         };
         while b.in_flight.len() < window {
@@ -689,67 +801,127 @@ impl Model {
         }
     }
 
-    fn settle(&mut self, user: usize, upto: u64) {
-        if let Some(b) = self.users[user].mailbox.as_mut() {
-            b.in_flight.retain(|(seq, _)| *seq > upto);
+    fn settle(&mut self, user: usize, device: usize, upto: u64) {
+        let u = &mut self.users[user];
+        if let Some(i) = u.box_of(device) {
+            u.boxes[i].in_flight.retain(|(seq, _)| *seq > upto);
         }
     }
 
-    /// The expected `ConnectInfo` (with a placeholder epoch if the mailbox is new) and whether
-    /// the mailbox is new. The previously attached session moves to `replaced`.
+    /// Finds or makes the mailbox of `device`: its own, the one waiting for a first device, or
+    /// a new one (evicting the device away longest at the limit). Returns its index, whether
+    /// it existed and whether the device had been evicted.
+    fn place(&mut self, user: usize, device: usize) -> Result<(usize, bool, bool), ConnectError> {
+        let (now, max_devices) = (self.now, self.setup.max_devices);
+        if self.users[user].boxes.is_empty() {
+            if self.user_count() >= self.setup.max_users {
+                return Err(ConnectError::TooManyUsers);
+            }
+            self.users[user]
+                .boxes
+                .push(ModelBox::new(Some(device), now));
+            return Ok((0, false, false));
+        }
+        let u = &mut self.users[user];
+        if let Some(i) = u.box_of(device) {
+            return Ok((i, true, false));
+        }
+        if u.boxes[0].device.is_none() {
+            u.boxes[0].device = Some(device);
+            return Ok((0, true, false));
+        }
+        let mut victim = None;
+        if u.boxes.len() >= max_devices {
+            // Away: no current session. Longest: the earliest `since`, the first of equals.
+            let away = (0..u.boxes.len()).filter(|&i| {
+                let d = u.boxes[i].device.expect("named devices only");
+                u.devices[d].current.is_none()
+            });
+            victim = away.min_by_key(|&i| u.boxes[i].since);
+            if victim.is_none() {
+                return Err(ConnectError::TooManyDevices { max: max_devices });
+            }
+        }
+        let was_evicted = match u.evicted.iter().position(|&d| d == device) {
+            Some(at) => u.evicted.remove(at).is_some(),
+            None => false,
+        };
+        if let Some(victim) = victim {
+            let gone = u.boxes.remove(victim);
+            if u.evicted.len() >= max_devices {
+                u.evicted.pop_front();
+            }
+            u.evicted
+                .push_back(gone.device.expect("named devices only"));
+        }
+        u.boxes.push(ModelBox::new(Some(device), now));
+        Ok((u.boxes.len() - 1, false, was_evicted))
+    }
+
+    /// The expected `ConnectInfo` (with a placeholder epoch if the mailbox is new), whether
+    /// the mailbox is new, and the session it replaced (moved out of `current`).
     fn connect(
         &mut self,
-        user: usize,
+        at: Dev,
         resume: Option<ResumePoint>,
     ) -> Result<(ConnectInfo, bool, Option<ModelSession>), ConnectError> {
+        let Dev { user, device } = at;
         self.check_user(user)?;
-        let existed = self.users[user].mailbox.is_some();
-        if !self.ensure_mailbox(user) {
-            return Err(ConnectError::TooManyUsers);
+        if DEVICES[device].len() > MAX_DEVICE_ID_LEN {
+            return Err(ConnectError::Invalid(InvalidInput::DeviceIdTooLong {
+                len: DEVICES[device].len(),
+                max: MAX_DEVICE_ID_LEN,
+            }));
         }
-        let old = self.users[user].current.take().map(|mut s| {
+        let (i, existed, was_evicted) = self.place(user, device)?;
+        let now = self.now;
+        let u = &mut self.users[user];
+        let old = u.devices[device].current.take().map(|mut s| {
             s.replaced = true;
             s
         });
-        let b = self.users[user].mailbox.as_ref().expect("ensured");
+        let b = &mut u.boxes[i];
+        b.since = now;
         let recovered = match resume {
             Some(r) => existed && Some(r.epoch) == b.epoch && r.last_seq < b.next_seq,
             None => false,
         };
-        if recovered {
-            self.settle(user, resume.expect("recovered").last_seq);
+        if let (true, Some(r)) = (recovered, resume) {
+            b.in_flight.retain(|(seq, _)| *seq > r.last_seq);
         }
-        let b = self.users[user].mailbox.as_ref().expect("ensured");
         let redelivered = b.in_flight.len();
-        let mut session = ModelSession::new(b.in_flight.clone());
+        let epoch = b.epoch.unwrap_or(Epoch(0));
+        let mut session = ModelSession::new(epoch, b.in_flight.clone());
         if let (true, Some(r)) = (recovered, resume) {
             // An accepted resume point counts as received and acknowledged.
             session.last_received = r.last_seq;
             session.acked = r.last_seq;
         }
-        self.users[user].current = Some(session);
-        self.fill(user);
-        let b = self.users[user].mailbox.as_mut().expect("ensured");
+        u.devices[device].current = Some(session);
+        self.fill(user, device);
+        let b = &mut self.users[user].boxes[i];
+        let mut missed = std::mem::take(&mut b.missed);
+        missed.reset = was_evicted.then_some(ResetReason::DeviceEvicted);
         let info = ConnectInfo {
-            epoch: b.epoch.unwrap_or(Epoch(0)),
+            epoch,
             recovered,
             redelivered,
             pending: b.queued(),
-            missed: std::mem::take(&mut b.missed),
+            missed,
         };
         Ok((info, !existed, old))
     }
 
-    fn session(&mut self, user: usize, which: Which) -> Option<&mut ModelSession> {
-        let u = self.users.get_mut(user)?;
+    fn session(&mut self, at: Dev, which: Which) -> Option<&mut ModelSession> {
+        let d = self.users.get_mut(at.user)?.devices.get_mut(at.device)?;
         match which {
-            Which::Current => u.current.as_mut(),
-            Which::Replaced => u.replaced.as_mut(),
+            Which::Current => d.current.as_mut(),
+            Which::Replaced => d.replaced.as_mut(),
         }
     }
 
-    fn ack(&mut self, user: usize, which: Which, seq: u64) -> Option<Result<(), AckError>> {
-        let s = self.session(user, which)?;
+    fn ack(&mut self, at: Dev, which: Which, seq: u64) -> Option<Result<(), AckError>> {
+        let s = self.session(at, which)?;
         if s.replaced {
             return Some(Err(AckError::Ended));
         }
@@ -761,36 +933,34 @@ impl Model {
         }
         if seq > s.acked {
             s.acked = seq;
-            self.settle(user, seq);
-            self.fill(user);
+            self.settle(at.user, at.device, seq);
+            self.fill(at.user, at.device);
         }
         Some(Ok(()))
     }
 
-    fn resume_point(&self, user: usize, s: &ModelSession) -> Option<ResumePoint> {
-        let epoch = self.users[user].mailbox.as_ref()?.epoch?;
-        Some(ResumePoint {
-            epoch,
-            last_seq: s.last_received,
-        })
-    }
-
     /// The session goes away (closed, dropped): a replaced one changes nothing in the engine,
-    /// the attached one detaches, its in-flight messages stay.
-    fn end_session(&mut self, user: usize, which: Which) {
-        let u = &mut self.users[user];
+    /// the attached one detaches (its mailbox is away from now), its in-flight messages stay.
+    fn end_session(&mut self, at: Dev, which: Which) {
+        let now = self.now;
+        let u = &mut self.users[at.user];
         let s = match which {
-            Which::Current => u.current.take(),
-            Which::Replaced => u.replaced.take(),
+            Which::Current => {
+                if let Some(i) = u.box_of(at.device) {
+                    u.boxes[i].since = now;
+                }
+                u.devices[at.device].current.take()
+            }
+            Which::Replaced => u.devices[at.device].replaced.take(),
         };
         if let Some(s) = s {
-            self.forget(user, &s);
+            self.forget(at, &s);
         }
     }
 
     /// Remembers a session that went away for a later resume.
-    fn forget(&mut self, user: usize, s: &ModelSession) {
-        self.users[user].saved = self.resume_point(user, s);
+    fn forget(&mut self, at: Dev, s: &ModelSession) {
+        self.users[at.user].devices[at.device].saved = Some(s.resume_point());
     }
 
     /// Overrides live beside mailboxes (they outlive them) and count against `max_users`.
@@ -810,21 +980,39 @@ impl Model {
         Ok(())
     }
 
-    fn stats(&self, user: usize) -> Option<MailboxStats> {
-        let u = &self.users[user];
-        let b = u.mailbox.as_ref()?;
-        Some(MailboxStats {
+    fn stats(&self, u: &ModelUser, b: &ModelBox) -> MailboxStats {
+        let device = b.device.map(device_id);
+        let connected = b.device.is_some_and(|d| u.devices[d].current.is_some());
+        MailboxStats {
+            device,
             queued_per_band: [0, 1, 2, 3].map(|i| b.bands[i].len()),
             queued_bytes: b.queued_bytes(),
             in_flight: b.in_flight.len(),
             in_flight_bytes: b.in_flight_bytes(),
             next_seq: b.next_seq,
             epoch: b.epoch.unwrap_or(Epoch(0)),
-            connected: u.current.is_some(),
+            connected,
+            since_ms: b.since,
             missed: b.missed.total(),
-            // Per-user counters are checked by the metrics tests, not modelled here.
+            // Per-mailbox counters are checked by the metrics tests, not modelled here.
             counters: Default::default(),
-        })
+        }
+    }
+
+    /// What `Engine::devices` and `Engine::mailbox_stats` show for `user`.
+    fn inspect(&self, user: usize) -> (Vec<MailboxStats>, Option<MailboxStats>) {
+        let Some(u) = self.users.get(user) else {
+            return (Vec::new(), None);
+        };
+        let all = u.boxes.iter().map(|b| self.stats(u, b)).collect();
+        (all, u.main_box().map(|b| self.stats(u, b)))
+    }
+}
+
+fn device_id(d: usize) -> DeviceId {
+    match d {
+        0 => DeviceId::default(),
+        d => DeviceId::new(DEVICES[d]).expect("a non-empty name"),
     }
 }
 
@@ -833,15 +1021,16 @@ impl Model {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Default)]
-struct RealUser {
+struct RealDevice {
     current: Option<Session>,
     replaced: Option<Session>,
 }
 
 struct Harness {
     engine: Engine,
+    clock: Clock,
     ids: Vec<UserId>,
-    real: Vec<RealUser>,
+    real: Vec<[RealDevice; DEVICES.len()]>,
     model: Model,
     sends: u64,
 }
@@ -871,8 +1060,14 @@ fn same_delivery(at: &At<'_>, what: &str, got: &Delivery, want: &(u64, Message))
     assert_eq!(got.message().id(), m.id(), "{at}: {what}: id of seq {seq}");
 }
 
+/// Every (user, device) pair that can have a session.
+fn every_device() -> impl Iterator<Item = Dev> {
+    (0..VALID_USERS).flat_map(|user| (0..DEVICES.len()).map(move |device| Dev { user, device }))
+}
+
 impl Harness {
     fn new(setup: Setup) -> Self {
+        let clock = Clock::manual();
         let engine = Engine::builder()
             .shards(1)
             .inbox_capacity(64)
@@ -880,33 +1075,38 @@ impl Harness {
             .user_limits(setup.limits)
             .missed_ids(setup.missed_ids)
             .max_users(setup.max_users)
+            .max_devices_per_user(setup.max_devices)
             .memory_budget_bytes(setup.budget)
             .max_payload_bytes(setup.max_payload)
             .max_user_id_len(MAX_USER_ID_LEN)
             .max_message_id_len(MAX_MESSAGE_ID_LEN)
+            .max_device_id_len(MAX_DEVICE_ID_LEN)
+            .clock(clock.clone())
             .build()
             .expect("fuzz settings are valid");
         Self {
             engine,
+            clock,
             ids: USERS
                 .iter()
                 .map(|u| UserId::new(u).expect("non-empty"))
                 .collect(),
-            real: (0..VALID_USERS).map(|_| RealUser::default()).collect(),
+            real: (0..VALID_USERS).map(|_| Default::default()).collect(),
             model: Model {
                 setup,
                 users: Default::default(),
                 accepted_ids: Default::default(),
+                now: 0,
             },
             sends: 0,
         }
     }
 
-    fn real_session(&mut self, user: usize, which: Which) -> Option<&mut Session> {
-        let u = self.real.get_mut(user)?;
+    fn real_session(&mut self, at: Dev, which: Which) -> Option<&mut Session> {
+        let d = self.real.get_mut(at.user)?.get_mut(at.device)?;
         match which {
-            Which::Current => u.current.as_mut(),
-            Which::Replaced => u.replaced.as_mut(),
+            Which::Current => d.current.as_mut(),
+            Which::Replaced => d.replaced.as_mut(),
         }
     }
 
@@ -1001,16 +1201,20 @@ impl Harness {
                 }
             }
             Op::Connect {
-                user,
+                at: dev,
                 resume,
                 keep_old,
-            } => self.connect(&at, user, resume, keep_old),
-            Op::TryRecv { user, which, count } => {
+            } => self.connect(&at, dev, resume, keep_old),
+            Op::TryRecv {
+                at: dev,
+                which,
+                count,
+            } => {
                 for i in 0..count {
-                    let Some(got) = self.real_session(user, which).map(Session::try_recv) else {
+                    let Some(got) = self.real_session(dev, which).map(Session::try_recv) else {
                         return;
                     };
-                    let s = self.model.session(user, which).expect("sessions match");
+                    let s = self.model.session(dev, which).expect("sessions match");
                     match (got, s.try_recv()) {
                         (Ok(got), Ok(want)) => {
                             same_delivery(&at, &format!("try_recv {i}"), &got, &want);
@@ -1021,15 +1225,19 @@ impl Harness {
                     }
                 }
             }
-            Op::Drain { user, which, max } => {
+            Op::Drain {
+                at: dev,
+                which,
+                max,
+            } => {
                 let mut got = Vec::new();
                 let Some(n) = self
-                    .real_session(user, which)
+                    .real_session(dev, which)
                     .map(|s| s.drain(&mut got, max as usize))
                 else {
                     return;
                 };
-                let s = self.model.session(user, which).expect("sessions match");
+                let s = self.model.session(dev, which).expect("sessions match");
                 let ready = s.outbox.len().min(max as usize);
                 assert_eq!(n, ready, "{at}: drained");
                 assert_eq!(n, got.len(), "{at}: drain's count");
@@ -1042,8 +1250,12 @@ impl Harness {
                     s.observe(&at, g);
                 }
             }
-            Op::Ack { user, which, ack } => {
-                let Some(s) = self.model.session(user, which) else {
+            Op::Ack {
+                at: dev,
+                which,
+                ack,
+            } => {
+                let Some(s) = self.model.session(dev, which) else {
                     return;
                 };
                 let last = s.last_received;
@@ -1053,24 +1265,24 @@ impl Harness {
                     AckSpec::Beyond(n) => last + 1 + n as u64,
                     AckSpec::Exactly(n) => n as u64,
                 };
-                let want = self.model.ack(user, which, seq).expect("session exists");
+                let want = self.model.ack(dev, which, seq).expect("session exists");
                 let got = self
-                    .real_session(user, which)
+                    .real_session(dev, which)
                     .expect("sessions match")
                     .ack(seq);
                 assert_eq!(got, want, "{at}: ack({seq})");
             }
             Op::Close {
-                user,
+                at: dev,
                 which,
                 reason,
             } => {
-                if let Some(s) = self.take_session(user, which) {
+                if let Some(s) = self.take_session(dev, which) {
                     s.close(reason);
                 }
             }
-            Op::Drop { user, which } => {
-                drop(self.take_session(user, which));
+            Op::Drop { at: dev, which } => {
+                drop(self.take_session(dev, which));
             }
             Op::SetLimits { user, limits } => {
                 let want = self.model.set_limits(user, limits);
@@ -1080,37 +1292,47 @@ impl Harness {
         }
     }
 
-    fn take_session(&mut self, user: usize, which: Which) -> Option<Session> {
-        let s = self.real_session(user, which).is_some();
-        if !s {
-            return None;
-        }
-        self.model.end_session(user, which);
-        let u = &mut self.real[user];
+    fn take_session(&mut self, at: Dev, which: Which) -> Option<Session> {
+        self.real_session(at, which)?;
+        self.model.end_session(at, which);
+        let d = &mut self.real[at.user][at.device];
         match which {
-            Which::Current => u.current.take(),
-            Which::Replaced => u.replaced.take(),
+            Which::Current => d.current.take(),
+            Which::Replaced => d.replaced.take(),
         }
     }
 
-    fn connect(&mut self, at: &At<'_>, user: usize, resume: ResumeSpec, keep_old: bool) {
-        let known = self
-            .model
-            .users
-            .get(user)
-            .and_then(|u| u.mailbox.as_ref())
-            .map(|b| (b.epoch.unwrap_or(Epoch(0)), b.next_seq));
+    fn connect(&mut self, at: &At<'_>, dev: Dev, resume: ResumeSpec, keep_old: bool) {
+        // The mailbox this device would attach to: its own, or the one waiting for a first
+        // device.
+        let known = self.model.users.get(dev.user).and_then(|u| {
+            let i = u
+                .box_of(dev.device)
+                .or_else(|| (u.boxes.len() == 1 && u.boxes[0].device.is_none()).then_some(0))?;
+            let b = &u.boxes[i];
+            Some((b.epoch.unwrap_or(Epoch(0)), b.next_seq))
+        });
         let (epoch, next_seq) = known.unwrap_or((Epoch(0), 1));
+        let saved = |model: &Model| {
+            model
+                .users
+                .get(dev.user)
+                .and_then(|u| u.devices.get(dev.device)?.saved)
+        };
         let resume = match resume {
             ResumeSpec::None => None,
-            ResumeSpec::Current => self.real.get(user).and_then(|u| {
-                u.current
-                    .as_ref()
-                    .or(u.replaced.as_ref())
-                    .map(Session::resume_point)
-                    .or(self.model.users[user].saved)
-            }),
-            ResumeSpec::Saved => self.model.users.get(user).and_then(|u| u.saved),
+            ResumeSpec::Current => self
+                .real
+                .get(dev.user)
+                .and_then(|u| {
+                    let d = &u[dev.device];
+                    d.current
+                        .as_ref()
+                        .or(d.replaced.as_ref())
+                        .map(Session::resume_point)
+                })
+                .or_else(|| saved(&self.model)),
+            ResumeSpec::Saved => saved(&self.model),
             ResumeSpec::WrongEpoch(k) => Some(ResumePoint {
                 epoch: Epoch(epoch.0 ^ (1 + k as u64)),
                 last_seq: k as u64 & 7,
@@ -1124,30 +1346,38 @@ impl Harness {
                 last_seq: k as u64,
             }),
         };
-        let want = self.model.connect(user, resume);
-        let got = block_on(self.engine.connect(&self.ids[user], resume));
+        let want = self.model.connect(dev, resume);
+        let device = device_id(dev.device);
+        let got = block_on(
+            self.engine
+                .connect_device(&self.ids[dev.user], &device, resume),
+        );
         match (got, want) {
             (Ok(session), Ok((mut want, new, old))) => {
+                let u = &mut self.model.users[dev.user];
                 if new {
-                    let b = self.model.users[user].mailbox.as_mut().expect("created");
-                    b.epoch = Some(session.info().epoch);
+                    let i = u.box_of(dev.device).expect("placed");
+                    u.boxes[i].epoch = Some(session.info().epoch);
                     want.epoch = session.info().epoch;
+                    let s = u.devices[dev.device].current.as_mut().expect("attached");
+                    s.epoch = session.info().epoch;
                 }
                 assert_eq!(session.info(), &want, "{at}: connect info");
-                let real_old = self.real[user].current.replace(session);
+                assert_eq!(session.device(), &device, "{at}: device");
+                let real_old = self.real[dev.user][dev.device].current.replace(session);
                 assert_eq!(real_old.is_some(), old.is_some(), "{at}: replaced session");
                 if let (Some(real_old), Some(old)) = (real_old, old) {
                     if keep_old {
                         // The replaced session kept before, if any, goes away (ignored by the
                         // engine: it is no longer attached).
-                        if self.real[user].replaced.take().is_some() {
-                            self.model.end_session(user, Which::Replaced);
+                        if self.real[dev.user][dev.device].replaced.take().is_some() {
+                            self.model.end_session(dev, Which::Replaced);
                         }
-                        self.real[user].replaced = Some(real_old);
-                        self.model.users[user].replaced = Some(old);
+                        self.real[dev.user][dev.device].replaced = Some(real_old);
+                        self.model.users[dev.user].devices[dev.device].replaced = Some(old);
                     } else {
                         drop(real_old);
-                        self.model.forget(user, &old);
+                        self.model.forget(dev, &old);
                     }
                 }
             }
@@ -1160,29 +1390,50 @@ impl Harness {
         }
     }
 
-    /// `Engine::barrier` followed by `mailbox_stats` of every user in [`USERS`], issued together
-    /// and awaited together: one round trip to the worker instead of five. The barrier is
-    /// polled first, so its command is in the (FIFO, single-shard, never full) inbox before the
-    /// inspections and they see everything it settled.
-    fn settle_and_inspect(&self) -> Vec<Option<MailboxStats>> {
-        type Pending<'a> = Pin<Box<dyn Future<Output = Option<MailboxStats>> + 'a>>;
+    /// `Engine::barrier` followed by `devices` and `mailbox_stats` of every user in [`USERS`],
+    /// issued together and awaited together: one round trip to the worker instead of nine.
+    /// The barrier is polled first, so its command is in the (FIFO, single-shard, never full)
+    /// inbox before the inspections and they see everything it settled.
+    fn settle_and_inspect(&self) -> Vec<(Vec<MailboxStats>, Option<MailboxStats>)> {
+        type Seen = (Vec<MailboxStats>, Option<MailboxStats>);
+        type Pending<'a> = Pin<Box<dyn Future<Output = Seen> + 'a>>;
         let engine = &self.engine;
         let mut futures: Vec<Pending<'_>> = vec![Box::pin(async {
             engine.barrier().await;
-            None
+            (Vec::new(), None)
         })];
-        futures.extend(
-            self.ids
-                .iter()
-                .map(|user| Box::pin(engine.mailbox_stats(user)) as Pending<'_>),
-        );
-        let mut done: Vec<Option<Option<MailboxStats>>> = vec![None; futures.len()];
+        futures.extend(self.ids.iter().map(|user| {
+            Box::pin(async move {
+                let (all, main) = (engine.devices(user), engine.mailbox_stats(user));
+                let (mut all, mut main) = (Box::pin(all), Box::pin(main));
+                let (mut got_all, mut got_main) = (None, None);
+                std::future::poll_fn(|cx| {
+                    if got_all.is_none() {
+                        if let Poll::Ready(v) = all.as_mut().poll(cx) {
+                            got_all = Some(v);
+                        }
+                    }
+                    if got_main.is_none() {
+                        if let Poll::Ready(v) = main.as_mut().poll(cx) {
+                            got_main = Some(v);
+                        }
+                    }
+                    match (got_all.is_some(), got_main.is_some()) {
+                        (true, true) => Poll::Ready(()),
+                        _ => Poll::Pending,
+                    }
+                })
+                .await;
+                (got_all.expect("ready"), got_main.expect("ready"))
+            }) as Pending<'_>
+        }));
+        let mut done: Vec<Option<Seen>> = vec![None; futures.len()];
         block_on(std::future::poll_fn(|cx| {
             let mut pending = false;
             for (future, done) in futures.iter_mut().zip(done.iter_mut()) {
                 if done.is_none() {
                     match future.as_mut().poll(cx) {
-                        Poll::Ready(stats) => *done = Some(stats),
+                        Poll::Ready(seen) => *done = Some(seen),
                         Poll::Pending => pending = true,
                     }
                 }
@@ -1200,65 +1451,77 @@ impl Harness {
     }
 
     /// After every step: settle asynchronous work, then compare every mailbox, the memory in
-    /// use and every session's view.
+    /// use and every session's view. Then the clock moves on by 1 ms, and a barrier makes the
+    /// shard read it before the next step's operations.
     fn check(&mut self, step: usize, op: &Op) {
         let at = At(step, op);
-        let mut stats = self.settle_and_inspect();
-        for (user, mut got) in stats.drain(..VALID_USERS).enumerate() {
-            if let Some(g) = got.as_mut() {
-                g.counters = Default::default();
-            }
-            if let (Some(got), Some(b)) = (&got, self.model.users[user].mailbox.as_mut()) {
+        let mut seen = self.settle_and_inspect();
+        for (user, (all, main)) in seen.drain(..VALID_USERS).enumerate() {
+            let u = &mut self.model.users[user];
+            assert_eq!(
+                all.len(),
+                u.boxes.len(),
+                "{at}: mailboxes of {}",
+                USERS[user]
+            );
+            for (b, got) in u.boxes.iter_mut().zip(&all) {
                 let epoch = *b.epoch.get_or_insert(got.epoch);
                 assert_eq!(got.epoch, epoch, "{at}: epoch of {}", USERS[user]);
             }
-            let want = self.model.stats(user);
-            assert_eq!(got, want, "{at}: mailbox_stats of {}", USERS[user]);
+            let forget_counters = |mut s: MailboxStats| {
+                s.counters = Default::default();
+                s
+            };
+            let all: Vec<_> = all.into_iter().map(forget_counters).collect();
+            let (want_all, want_main) = self.model.inspect(user);
+            assert_eq!(all, want_all, "{at}: devices of {}", USERS[user]);
+            let main = main.map(forget_counters);
+            assert_eq!(main, want_main, "{at}: mailbox_stats of {}", USERS[user]);
         }
-        assert_eq!(stats, [None], "{at}: the invalid user has no mailbox");
+        assert_eq!(
+            seen,
+            [(Vec::new(), None)],
+            "{at}: the invalid user has no mailbox"
+        );
         let used = self.engine.memory_used();
         assert_eq!(used, self.model.held() as u64, "{at}: memory_used");
         assert!(used <= self.engine.memory_budget(), "{at}: over budget");
-        for (user, name) in USERS.iter().enumerate().take(VALID_USERS) {
+        for dev in every_device() {
             for which in [Which::Current, Which::Replaced] {
                 let real = self
-                    .real_session(user, which)
+                    .real_session(dev, which)
                     .map(|s| (s.last_received(), s.end_reason(), s.resume_point()));
-                let model = self.model.session(user, which).map(|s| {
+                let model = self.model.session(dev, which).map(|s| {
                     let end = s.replaced.then_some(EndReason::Replaced);
-                    (s.last_received, end)
+                    (s.last_received, end, s.epoch)
                 });
                 match (real, model) {
                     (None, None) => {}
-                    (Some((last, end, resume)), Some((want_last, want_end))) => {
-                        assert_eq!(last, want_last, "{at}: last_received");
-                        assert_eq!(end, want_end, "{at}: end_reason");
-                        assert_eq!(resume.last_seq, last, "{at}: resume point");
-                        assert_eq!(
-                            Some(resume.epoch),
-                            self.model.users[user]
-                                .mailbox
-                                .as_ref()
-                                .and_then(|b| b.epoch),
-                            "{at}: resume point's epoch"
-                        );
+                    (Some((last, end, resume)), Some((want_last, want_end, epoch))) => {
+                        assert_eq!(last, want_last, "{at}: last_received of {dev:?}");
+                        assert_eq!(end, want_end, "{at}: end_reason of {dev:?}");
+                        assert_eq!(resume.last_seq, last, "{at}: resume point of {dev:?}");
+                        assert_eq!(resume.epoch, epoch, "{at}: resume point's epoch");
                     }
                     (real, model) => panic!(
-                        "{at}: sessions of {name}: engine side {}, model side {}",
+                        "{at}: sessions of {dev:?}: engine side {}, model side {}",
                         real.is_some(),
                         model.is_some()
                     ),
                 }
             }
         }
+        self.clock.advance(Duration::from_millis(1));
+        self.model.now += 1;
+        block_on(self.engine.barrier());
     }
 
     /// Takes everything still waiting in every session, in order, and compares it.
     fn finish(mut self, steps: usize) {
         let at = At(steps, &"the final drain");
-        for (user, name) in USERS.iter().enumerate().take(VALID_USERS) {
+        for dev in every_device() {
             for which in [Which::Current, Which::Replaced] {
-                let Some(real) = self.real_session(user, which).map(|s| {
+                let Some(real) = self.real_session(dev, which).map(|s| {
                     let mut all = Vec::new();
                     while let Ok(d) = s.try_recv() {
                         all.push(d);
@@ -1267,9 +1530,9 @@ impl Harness {
                 }) else {
                     continue;
                 };
-                let s = self.model.session(user, which).expect("sessions match");
+                let s = self.model.session(dev, which).expect("sessions match");
                 let want: Vec<_> = s.outbox.drain(..).collect();
-                assert_eq!(real.len(), want.len(), "{at}: left over for {name}");
+                assert_eq!(real.len(), want.len(), "{at}: left over for {dev:?}");
                 for (i, (g, w)) in real.iter().zip(&want).enumerate() {
                     same_delivery(&at, &format!("left over {i}"), g, w);
                     s.observe(&at, g);

@@ -247,6 +247,18 @@ fn write_outcome_fields(w: &mut FrameWriter, outcome: &SendOutcome) {
             w.lit(reason.as_str());
             w.lit("\"");
         }
+        SendOutcome::Fanout(f) => {
+            w.lit("\"outcome\":\"fanout\",\"delivered\":");
+            w.uint(u64::from(f.delivered));
+            w.lit(",\"queued\":");
+            w.uint(u64::from(f.queued));
+            w.lit(",\"dropped\":");
+            w.uint(u64::from(f.dropped));
+            if f.evicted > 0 {
+                w.lit(",\"evicted\":");
+                w.uint(u64::from(f.evicted));
+            }
+        }
     }
 }
 

@@ -527,6 +527,7 @@ fn encodes_connected_with_the_whole_manifest() {
             expired: 4,
             deduplicated: 5,
             ids: vec![MessageId::from("a\"b"), MessageId::from("c")],
+            reset: None,
         },
     };
     let user = UserId::new("al\\ice\n").expect("a user");

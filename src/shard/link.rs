@@ -5,7 +5,7 @@
 
 use crate::breaker::BreakerCell;
 use crate::loom::{Arc, AtomicU64, AtomicU8, Ordering};
-use crate::message::UserId;
+use crate::message::{DeviceId, UserId};
 use crate::session::{CloseReason, EndReason};
 use crate::sync::signal::{Link, Linked};
 
@@ -25,6 +25,8 @@ pub(crate) fn end_reason(code: u8) -> EndReason {
 pub(crate) struct SessionShared {
     link: Link<SessionShared>,
     pub(crate) user: UserId,
+    /// The device it is: the worker finds the session's mailbox by user and device.
+    pub(crate) device: DeviceId,
     /// The session's circuit breaker as the worker sees it.
     pub(crate) breaker: Arc<BreakerCell>,
     acked: AtomicU64,
@@ -39,10 +41,11 @@ impl Linked for SessionShared {
 }
 
 impl SessionShared {
-    pub(crate) fn new(user: UserId, breaker: Arc<BreakerCell>) -> Self {
+    pub(crate) fn new(user: UserId, device: DeviceId, breaker: Arc<BreakerCell>) -> Self {
         Self {
             link: Link::new(),
             user,
+            device,
             breaker,
             acked: AtomicU64::new(0),
             close: AtomicU8::new(0),

@@ -8,7 +8,8 @@
 //! `ShardShared` and `link.rs` is owned by the worker thread alone:
 //!
 //! - `worker.rs`: the single-writer loop: drain the inbox and signals, run the wheel, deliver;
-//! - `mailbox/`: one user's bands, delivery window, expiry, streams, attach and removal;
+//!   and the users of the shard, each with one mailbox per device, fanning sends out to them;
+//! - `mailbox/`: one device's bands, delivery window, expiry, streams, attach and removal;
 //! - `dedup.rs`: the fingerprint window; `budget.rs`: the engine-wide memory budget (each shard
 //!   publishes its own usage); `streams.rs`: per-mailbox stream reordering;
 //! - `link.rs`: what a session and the worker share besides the outbox.
@@ -63,9 +64,15 @@ pub(crate) enum Command {
     /// Makes the worker panic, to test that a crashed shard answers with errors.
     #[cfg(all(test, not(loom)))]
     Panic,
+    /// Replies with the stats of the user's main mailbox (see `Engine::mailbox_stats`).
     Inspect {
         user: UserId,
         reply: oneshot::Sender<Option<MailboxStats>>,
+    },
+    /// Replies with the stats of each of the user's mailboxes, in the order they were made.
+    Devices {
+        user: UserId,
+        reply: oneshot::Sender<Vec<MailboxStats>>,
     },
     AbortStream {
         user: UserId,
@@ -96,6 +103,7 @@ impl Command {
     }
 }
 
+/// A connect of `user`'s device `shared.device`.
 pub(crate) struct ConnectRequest {
     pub(crate) user: UserId,
     pub(crate) resume: Option<ResumePoint>,

@@ -9,6 +9,7 @@ mod budget;
 mod concurrency;
 mod dedup;
 mod delivery;
+mod devices;
 mod durable_log;
 mod layout;
 mod metrics;

@@ -36,6 +36,7 @@ impl Mailbox {
         if let Some((timer, _)) = self.removal.take() {
             cx.wheel.cancel(timer);
         }
+        self.since = cx.now;
         let recovered = match resume {
             Some(r) if existed && r.epoch == self.epoch && r.last_seq < self.next_seq => {
                 self.settle(r.last_seq, cx);
@@ -99,6 +100,7 @@ impl Mailbox {
             CloseReason::Normal => retention.after_normal_ms,
             CloseReason::Abnormal => retention.after_abnormal_ms,
         };
+        self.since = cx.now;
         self.away_until = cx.now.saturating_add(keep);
         self.schedule_removal(retention, cx);
     }

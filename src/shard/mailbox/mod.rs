@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use crate::breaker::BreakerState;
 use crate::config::UserLimits;
 use crate::loom::Arc;
-use crate::message::{Delivery, Message, MessageId};
+use crate::message::{Delivery, DeviceId, Message, MessageId};
 use crate::metrics::{Gauges, MailboxStats, ShardRecorder, UserCounters};
 use crate::session::{Epoch, MissedManifest};
 use crate::shard::link::SessionShared;
@@ -239,6 +239,9 @@ pub(crate) struct Mailbox {
     streams: Option<Box<Streams>>,
     /// When a mailbox without a session is removed if it still holds something.
     away_until: u64,
+    /// When the session attached, or (without one) when the last one left or the mailbox was
+    /// created: what an operator sees, and how the device away longest is found.
+    since: u64,
     /// The pending removal timer and its deadline, while no session is attached.
     removal: Option<(TimerHandle, u64)>,
     counters: UserCounters,
@@ -264,6 +267,7 @@ impl Mailbox {
             missed: None,
             streams: None,
             away_until: now.saturating_add(retention.after_normal_ms),
+            since: now,
             removal: None,
             counters: UserCounters::default(),
         }
@@ -299,6 +303,11 @@ impl Mailbox {
         self.queued
     }
 
+    /// Payload bytes waiting in the bands.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     pub(crate) fn is_live(&self) -> bool {
         self.live.is_some()
     }
@@ -310,8 +319,15 @@ impl Mailbox {
             .is_some_and(|l| Arc::ptr_eq(&l.shared, shared))
     }
 
-    pub(crate) fn stats(&self) -> MailboxStats {
+    /// Since when the mailbox has been connected, or away (ms).
+    pub(crate) fn since(&self) -> u64 {
+        self.since
+    }
+
+    pub(crate) fn stats(&self, device: Option<DeviceId>) -> MailboxStats {
         MailboxStats {
+            device,
+            since_ms: self.since,
             queued_per_band: [0, 1, 2, 3].map(|b| self.bands[b].len()),
             queued_bytes: self.queued_bytes,
             in_flight: self.in_flight.len(),
@@ -467,7 +483,11 @@ mod tests {
 
         fn attach(&mut self) -> outbox::OutboxReceiver<Delivery> {
             let (tx, rx) = outbox::channel(self.window);
-            let shared = Arc::new(SessionShared::new(UserId::new("u").unwrap(), cell()));
+            let shared = Arc::new(SessionShared::new(
+                UserId::new("u").unwrap(),
+                DeviceId::default(),
+                cell(),
+            ));
             self.with(|mb, cx| mb.attach(Live::new(tx, shared), None, true, cx));
             rx
         }
@@ -493,6 +513,17 @@ mod tests {
         }
     }
 
+    /// What one more device costs per message its mailbox keeps: one of these entries (the
+    /// payload and the id are shared, a reference count each), quoted in
+    /// docs/architecture.md; keep the two in step.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_queued_or_in_flight_entry_is_120_bytes() {
+        assert_eq!(std::mem::size_of::<Queued>(), 120);
+        assert_eq!(std::mem::size_of::<InFlight>(), 120);
+        assert_eq!(std::mem::size_of::<Message>(), 80);
+    }
+
     #[test]
     fn drop_oldest_never_evicts_more_urgent() {
         let l = limits(2, OverflowPolicy::DropOldest);
@@ -510,7 +541,7 @@ mod tests {
             put(Priority::Low, 4),
             SendOutcome::Rejected(RejectReason::Dropped)
         );
-        assert_eq!(h.m.stats().queued_per_band, [1, 0, 1, 0]);
+        assert_eq!(h.m.stats(None).queued_per_band, [1, 0, 1, 0]);
         let ids: Vec<_> =
             h.m.missed
                 .as_ref()
@@ -531,7 +562,7 @@ mod tests {
         h.send(msg(Priority::Normal, 3, 2), Some(10), &l);
         h.send(msg(Priority::Normal, 3, 3), None, &l);
         h.advance(10);
-        assert_eq!(h.m.stats().queued_per_band, [0, 0, 2, 0]);
+        assert_eq!(h.m.stats(None).queued_per_band, [0, 0, 2, 0]);
         assert_eq!(h.m.missed.as_ref().unwrap().manifest.expired, 1);
         // In flight: delivered with a deadline, never acknowledged.
         let mut rx = h.attach();
@@ -541,7 +572,7 @@ mod tests {
             m.settle(1, cx);
             m.fill_window(cx);
         });
-        assert_eq!(h.m.stats().in_flight, 1);
+        assert_eq!(h.m.stats(None).in_flight, 1);
         assert_eq!(
             rx.try_recv().unwrap().message().priority(),
             Priority::Critical
@@ -554,12 +585,18 @@ mod tests {
         );
         assert_eq!(h.m.in_flight_bytes, 0, "the expired payload is freed");
         // Its copy may still wait in the outbox, so it keeps the window slot until acked.
-        assert_eq!((h.m.stats().in_flight, h.m.stats().queued()), (1, 1));
+        assert_eq!(
+            (h.m.stats(None).in_flight, h.m.stats(None).queued()),
+            (1, 1)
+        );
         h.with(|m, cx| {
             m.settle(2, cx);
             m.fill_window(cx);
         });
-        assert_eq!((h.m.stats().in_flight, h.m.stats().queued()), (1, 0));
+        assert_eq!(
+            (h.m.stats(None).in_flight, h.m.stats(None).queued()),
+            (1, 0)
+        );
         // A new session never gets the expired message again.
         let mut rx = h.attach();
         assert_eq!(rx.try_recv().unwrap().seq(), 3);
@@ -641,8 +678,11 @@ mod tests {
                     }
                     2 => {
                         let (tx, r) = outbox::channel(h.window);
-                        let shared =
-                            Arc::new(SessionShared::new(UserId::new("u").unwrap(), cell()));
+                        let shared = Arc::new(SessionShared::new(
+                            UserId::new("u").unwrap(),
+                            DeviceId::default(),
+                            cell(),
+                        ));
                         let resume = Some(ResumePoint {
                             epoch: Epoch(round),
                             last_seq,
