@@ -88,11 +88,25 @@ pub enum ResetReason {
 }
 
 impl ResetReason {
+    /// Every reason, for reading names back.
+    const ALL: [ResetReason; 1] = [ResetReason::DeviceEvicted];
+
     /// A short snake_case name, as used on the wire and in metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             ResetReason::DeviceEvicted => "device_evicted",
         }
+    }
+
+    /// The reason [`as_str`](Self::as_str) names; `None` for a name this version does not know.
+    ///
+    /// ```
+    /// use tether::ResetReason;
+    /// assert_eq!(ResetReason::from_name("device_evicted"), Some(ResetReason::DeviceEvicted));
+    /// assert_eq!(ResetReason::from_name("solar_flare"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
     }
 }
 

@@ -31,6 +31,7 @@ pub struct ClientConfig {
     pub(super) request_timeout: Duration,
     pub(super) max_pending_requests: usize,
     pub(super) resume: Option<ResumePoint>,
+    pub(super) device: Option<String>,
 }
 
 impl ClientConfig {
@@ -70,6 +71,7 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     max_pending_requests: usize,
     resume: Option<ResumePoint>,
+    device: Option<String>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -87,6 +89,7 @@ impl fmt::Debug for ClientConfig {
             .field("request_timeout", &self.request_timeout)
             .field("max_pending_requests", &self.max_pending_requests)
             .field("resume", &self.resume)
+            .field("device", &self.device)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +110,7 @@ impl fmt::Debug for ClientBuilder {
             .field("request_timeout", &self.request_timeout)
             .field("max_pending_requests", &self.max_pending_requests)
             .field("resume", &self.resume)
+            .field("device", &self.device)
             .finish()
     }
 }
@@ -127,6 +131,7 @@ impl ClientBuilder {
             request_timeout: Duration::from_secs(10),
             max_pending_requests: 256,
             resume: None,
+            device: None,
         }
     }
 
@@ -208,6 +213,16 @@ impl ClientBuilder {
         self
     }
 
+    /// This client is the user's device `name`: each device of a user gets every message,
+    /// with its own seqs, window, acks and resume. Keep the name in the application's
+    /// storage so the device is the same one after a restart; a new name is a new device,
+    /// which starts with what arrives from then on. Default: the user's default device.
+    /// Not empty; the server limits its length (64 bytes by default).
+    pub fn device(mut self, name: impl Into<String>) -> Self {
+        self.device = Some(name.into());
+        self
+    }
+
     /// Checks the settings.
     ///
     /// The URL must be `ws://host[:port][/path]` (no TLS in this build); an empty path means
@@ -257,6 +272,12 @@ impl ClientBuilder {
                 "must be at least 1",
             ));
         }
+        if self.device.as_deref() == Some("") {
+            return Err(ClientConfigError::new(
+                "device",
+                "must not be empty (leave it unset for the default device)",
+            ));
+        }
         let backoff = match self.max_attempts {
             Some(n) => self.backoff.with_max_attempts(n),
             None => self.backoff,
@@ -276,6 +297,7 @@ impl ClientBuilder {
             request_timeout: self.request_timeout,
             max_pending_requests: self.max_pending_requests,
             resume: self.resume,
+            device: self.device,
         })
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Epoch, MessageId, MissedManifest, Priority};
+use crate::{Epoch, MessageId, MissedManifest, Priority, ResetReason};
 
 /// What the server said when a connection opened (the `connected` frame).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,9 @@ use crate::{Epoch, MessageId, MissedManifest, Priority};
 pub struct ConnectedInfo {
     /// The user the token authenticated.
     pub user: String,
+    /// The device this connection is, if the client named one (see
+    /// [`ClientBuilder::device`](super::ClientBuilder::device)); `None` for the default device.
+    pub device: Option<String>,
     /// The mailbox's epoch. Seqs are only comparable within one epoch; a new epoch means the
     /// mailbox was created afresh (the previous one expired) and seqs start again from 1.
     pub epoch: Epoch,
@@ -146,15 +149,30 @@ pub enum PublishOutcome {
         /// The snake_case reason.
         reason: String,
     },
+    /// The recipient has several devices: what each of their mailboxes did with it.
+    Fanout {
+        /// Devices whose live session got it.
+        delivered: u64,
+        /// Devices that keep it in their mailbox.
+        queued: u64,
+        /// Devices whose own caps or policy did not keep it.
+        dropped: u64,
+        /// Older messages evicted for it, over all devices.
+        evicted: u64,
+    },
 }
 
 impl PublishOutcome {
-    /// True for `Delivered` and `Queued`: the message is in the recipient's hands or mailbox.
+    /// True for `Delivered`, `Queued`, and a `Fanout` that some device kept: the message is
+    /// in the recipient's hands or mailbox.
     pub fn is_accepted(&self) -> bool {
-        matches!(
-            self,
-            PublishOutcome::Delivered | PublishOutcome::Queued { .. }
-        )
+        match self {
+            PublishOutcome::Delivered | PublishOutcome::Queued { .. } => true,
+            PublishOutcome::Fanout {
+                delivered, queued, ..
+            } => delivered + queued > 0,
+            _ => false,
+        }
     }
 }
 
@@ -244,6 +262,8 @@ struct Tag<'a> {
 #[derive(Deserialize)]
 struct WireConnected {
     user: String,
+    #[serde(default)]
+    device: Option<String>,
     epoch: String,
     recovered: bool,
     redelivered: u64,
@@ -266,6 +286,8 @@ struct WireMissed {
     deduplicated: u64,
     #[serde(default)]
     ids: Vec<String>,
+    #[serde(default)]
+    reset: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +336,12 @@ struct WireOutcome<'a> {
     reason: Option<String>,
     #[serde(default)]
     evicted: Option<u64>,
+    #[serde(default)]
+    delivered: u64,
+    #[serde(default)]
+    queued: u64,
+    #[serde(default)]
+    dropped: u64,
 }
 
 impl WireOutcome<'_> {
@@ -326,6 +354,12 @@ impl WireOutcome<'_> {
             "duplicate" => PublishOutcome::Duplicate,
             "rejected" => PublishOutcome::Rejected {
                 reason: self.reason.unwrap_or_default(),
+            },
+            "fanout" => PublishOutcome::Fanout {
+                delivered: self.delivered,
+                queued: self.queued,
+                dropped: self.dropped,
+                evicted: self.evicted.unwrap_or(0),
             },
             other => return Err(format!("unknown outcome {:?}", cut(other, 64))),
         })
@@ -370,10 +404,12 @@ pub fn decode_server_frame(frame: &Bytes) -> Result<ServerFrame, DecodeError> {
                 expired: w.missed.expired,
                 deduplicated: w.missed.deduplicated,
                 ids: w.missed.ids.into_iter().map(MessageId::from).collect(),
-                reset: None,
+                // A reason this client does not know yet still means recovered = false.
+                reset: w.missed.reset.as_deref().and_then(ResetReason::from_name),
             };
             ServerFrame::Connected(ConnectedInfo {
                 user: w.user,
+                device: w.device,
                 epoch,
                 recovered: w.recovered,
                 redelivered: w.redelivered,
@@ -470,6 +506,8 @@ struct ConnectFrame<'a> {
     token: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     resume: Option<ResumeFrame>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -479,7 +517,11 @@ struct ResumeFrame {
 }
 
 /// The `connect` frame.
-pub(crate) fn encode_connect(token: &str, resume: Option<crate::ResumePoint>) -> String {
+pub(crate) fn encode_connect(
+    token: &str,
+    resume: Option<crate::ResumePoint>,
+    device: Option<&str>,
+) -> String {
     let frame = ConnectFrame {
         kind: "connect",
         token,
@@ -487,6 +529,7 @@ pub(crate) fn encode_connect(token: &str, resume: Option<crate::ResumePoint>) ->
             epoch: r.epoch.to_string(),
             seq: r.last_seq,
         }),
+        device,
     };
     // Serialising plain strings and integers into a String cannot fail.
     serde_json::to_string(&frame).unwrap_or_default()
@@ -538,7 +581,9 @@ mod tests {
         encode_pong, encode_publish_outcome, encode_publish_result, encode_stream_aborted,
         ClientFrame,
     };
-    use crate::{ConnectInfo, Delivery, Message, RejectReason, SendOutcome, StreamPart, UserId};
+    use crate::{
+        ConnectInfo, Delivery, DeviceId, Message, RejectReason, SendOutcome, StreamPart, UserId,
+    };
 
     fn decode(text: &str) -> Result<ServerFrame, DecodeError> {
         decode_server_frame(&Bytes::copy_from_slice(text.as_bytes()))
@@ -562,7 +607,7 @@ mod tests {
             },
         };
         let user = UserId::new("al\\ice").expect("a user");
-        let frame = decode(&encode_connected(&user, &info)).expect("decodes");
+        let frame = decode(&encode_connected(&user, &DeviceId::default(), &info)).expect("decodes");
         let ServerFrame::Connected(got) = frame else {
             panic!("{frame:?}")
         };
@@ -771,10 +816,12 @@ mod tests {
             epoch: "00000000000000ab".parse().expect("an epoch"),
             last_seq: 42,
         };
-        let frame = decode_client_frame(&encode_connect("t\"k", Some(resume))).expect("connect");
+        let frame =
+            decode_client_frame(&encode_connect("t\"k", Some(resume), None)).expect("connect");
         let ClientFrame::Connect {
             token,
             resume: Some(r),
+            ..
         } = frame
         else {
             panic!("{frame:?}")
@@ -782,10 +829,11 @@ mod tests {
         assert_eq!(token, "t\"k");
         assert_eq!(r.to_resume_point(), Ok(resume));
         assert_eq!(
-            decode_client_frame(&encode_connect("t", None)),
+            decode_client_frame(&encode_connect("t", None, None)),
             Ok(ClientFrame::Connect {
                 token: "t".into(),
-                resume: None
+                resume: None,
+                device: None,
             })
         );
         assert_eq!(

@@ -66,6 +66,7 @@ pub(super) async fn dial(
         ws.send(WsMessage::text(frame::encode_connect(
             &config.token,
             resume,
+            config.device.as_deref(),
         )))
         .await
         .map_err(|e| ClientError::from_ws(e, max))?;

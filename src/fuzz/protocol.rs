@@ -26,7 +26,7 @@ use crate::protocol::{
     encode_delivery, encode_frame_error, encode_publish_result, ClientFrame, FrameError,
     PublishRequest, MAX_REF_BYTES,
 };
-use crate::{ConnectInfo, Delivery, MessageId, MissedManifest, SendOutcome};
+use crate::{ConnectInfo, Delivery, DeviceId, MessageId, MissedManifest, SendOutcome};
 
 /// Runs `data` as one client frame through the decoder and the encoders, checking both.
 pub fn client_frame(data: &[u8]) {
@@ -90,9 +90,14 @@ fn check_against_model(decoded: &Result<ClientFrame, FrameError>, model: &Value)
             assert_eq!(model["type"], "ack");
             assert_eq!(model["seq"].as_u64(), Some(*seq));
         }
-        ClientFrame::Connect { token, resume } => {
+        ClientFrame::Connect {
+            token,
+            resume,
+            device,
+        } => {
             assert_eq!(model["type"], "connect");
             assert_eq!(model["token"].as_str(), Some(token.as_str()));
+            assert_eq!(field("device").and_then(Value::as_str), device.as_deref());
             match resume {
                 None => assert!(field("resume").is_none()),
                 Some(r) => {
@@ -219,7 +224,8 @@ fn check_publish(text: &str, request: PublishRequest) {
         },
     };
     let connected: Value =
-        serde_json::from_str(&encode_connected(&user, &info)).expect("connected is JSON");
+        serde_json::from_str(&encode_connected(&user, &DeviceId::default(), &info))
+            .expect("connected is JSON");
     assert_eq!(connected["user"].as_str(), Some(user.as_str()));
     assert_eq!(
         connected["epoch"].as_str(),

@@ -150,7 +150,15 @@ fn decode_frame(text: &str, source: Source<'_>) -> Result<ClientFrame, FrameErro
                     })
                 }
             };
-            Ok(ClientFrame::Connect { token, resume })
+            let device = match fields.optional(Key::Device, "device")? {
+                None => None,
+                Some(raw) => Some(read_string(raw, "device")?),
+            };
+            Ok(ClientFrame::Connect {
+                token,
+                resume,
+                device,
+            })
         }
         FrameType::Ack => Ok(ClientFrame::Ack {
             seq: read_u64(fields.required(Key::Seq, "seq")?, "seq")?,
@@ -322,6 +330,7 @@ enum Key {
     Type,
     Token,
     Resume,
+    Device,
     Epoch,
     Seq,
     To,
@@ -344,6 +353,7 @@ impl Key {
             "type" => Key::Type,
             "token" => Key::Token,
             "resume" => Key::Resume,
+            "device" => Key::Device,
             "epoch" => Key::Epoch,
             "seq" => Key::Seq,
             "to" => Key::To,

@@ -4,12 +4,13 @@
 use std::fmt;
 
 use super::error::FrameError;
-use crate::{ConnectInfo, Delivery, Priority, SendOutcome, StreamPart, UserId};
+use crate::{ConnectInfo, Delivery, DeviceId, Priority, SendOutcome, StreamPart, UserId};
 
 /// The `connected` frame: the session is open.
 ///
-/// `{"type":"connected","user","epoch","recovered","redelivered","pending","missed":{"expired",
-/// "evicted","rejected","shed","deduplicated","ids":[...]}}`
+/// `{"type":"connected","user","device"?,"epoch","recovered","redelivered","pending","missed":
+/// {"expired","evicted","rejected","shed","deduplicated","reset"?,"ids":[...]}}`, with `device`
+/// only for a named device and `reset` only when the device's mailbox was reset.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -19,16 +20,21 @@ use crate::{ConnectInfo, Delivery, Priority, SendOutcome, StreamPart, UserId};
 /// let engine = Engine::builder().shards(1).build().unwrap();
 /// let alice = UserId::new("alice").unwrap();
 /// let session = engine.connect(&alice, None).await.unwrap();
-/// let frame = encode_connected(&alice, session.info());
+/// let frame = encode_connected(&alice, session.device(), session.info());
 /// assert!(frame.starts_with(r#"{"type":"connected","user":"alice","epoch":""#));
 /// # });
 /// ```
-pub fn encode_connected(user: &UserId, info: &ConnectInfo) -> String {
+pub fn encode_connected(user: &UserId, device: &DeviceId, info: &ConnectInfo) -> String {
     let missed = &info.missed;
     let ids_len: usize = missed.ids.iter().map(|id| id.as_str().len() + 3).sum();
-    let mut w = FrameWriter::with_capacity(256 + user.as_str().len() + ids_len);
+    let mut w =
+        FrameWriter::with_capacity(256 + user.as_str().len() + device.as_str().len() + ids_len);
     w.lit("{\"type\":\"connected\",\"user\":");
     w.string(user.as_str());
+    if !device.is_default() {
+        w.lit(",\"device\":");
+        w.string(device.as_str());
+    }
     w.lit(",\"epoch\":\"");
     // Hex digits: nothing to escape.
     w.display(info.epoch);
@@ -48,6 +54,12 @@ pub fn encode_connected(user: &UserId, info: &ConnectInfo) -> String {
     w.uint(missed.shed);
     w.lit(",\"deduplicated\":");
     w.uint(missed.deduplicated);
+    if let Some(reset) = missed.reset {
+        // snake_case: nothing to escape.
+        w.lit(",\"reset\":\"");
+        w.lit(reset.as_str());
+        w.lit("\"");
+    }
     w.lit(",\"ids\":[");
     for (i, id) in missed.ids.iter().enumerate() {
         if i > 0 {

@@ -25,6 +25,9 @@ pub enum ClientFrame {
         token: String,
         /// Where the client left off, to resume without redelivery.
         resume: Option<WireResume>,
+        /// The device this connection is, as the client names it (kept in the app's
+        /// storage); absent for the user's default device. Checked by the server.
+        device: Option<String>,
     },
     /// Acknowledges every delivery with seq up to `seq`.
     Ack {

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::*;
 use crate::{
-    ConnectInfo, Delivery, Message, MessageId, MissedManifest, Priority, RejectReason, SendOutcome,
-    StreamPart, UserId,
+    ConnectInfo, Delivery, DeviceId, Message, MessageId, MissedManifest, Priority, RejectReason,
+    SendOutcome, StreamPart, UserId,
 };
 
 fn decode(text: &str) -> ClientFrame {
@@ -62,14 +62,16 @@ fn decodes_connect_with_and_without_resume() {
         decode(r#"{"type":"connect","token":"jwt.a.b"}"#),
         ClientFrame::Connect {
             token: "jwt.a.b".into(),
-            resume: None
+            resume: None,
+            device: None,
         }
     );
     assert_eq!(
         decode(r#"{"type":"connect","token":"t","resume":null}"#),
         ClientFrame::Connect {
             token: "t".into(),
-            resume: None
+            resume: None,
+            device: None,
         }
     );
     let frame =
@@ -531,7 +533,7 @@ fn encodes_connected_with_the_whole_manifest() {
         },
     };
     let user = UserId::new("al\\ice\n").expect("a user");
-    let out = encode_connected(&user, &info);
+    let out = encode_connected(&user, &DeviceId::default(), &info);
     let v = json(&out);
     assert_eq!(v["type"], "connected");
     assert_eq!(v["user"], "al\\ice\n");
@@ -554,7 +556,7 @@ fn encodes_connected_with_the_whole_manifest() {
         ..info
     };
     assert_eq!(
-        json(&encode_connected(&user, &empty))["missed"]["ids"],
+        json(&encode_connected(&user, &DeviceId::default(), &empty))["missed"]["ids"],
         serde_json::json!([])
     );
 }

@@ -684,6 +684,7 @@ async fn snapshot_json(shared: &Shared, since: u64) -> String {
             "queued": g.queued_critical + g.queued_high + g.queued_normal + g.queued_low,
             "in_flight": g.in_flight,
             "mailboxes": g.mailboxes,
+            "users": g.users,
             "max_depth": g.max_queue_depth,
             "overflows": c.overflows,
             "deepest": deepest

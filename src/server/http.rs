@@ -20,9 +20,12 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::config::ServerConfig;
-use super::response::{error, json, text, try_later, Body};
+use super::response::{error, json, text, try_later, unauthorized, Body};
 use super::ws::{self, Upgrade};
-use super::{dashboard, publish_one, Published, Shared};
+use super::{dashboard, devices, publish_one, Published, Shared};
+
+/// What a route that needs the API key answers without it.
+const API_KEY_REQUIRED: &str = "a valid `Authorization: Bearer <api key>` is required";
 use crate::protocol::{self, FrameError};
 use crate::InvalidInput;
 
@@ -37,6 +40,7 @@ enum Handler {
     Health,
     DashboardPage,
     DashboardData,
+    Devices,
 }
 
 /// One path: whether this server serves it, and what each method it allows does.
@@ -68,6 +72,11 @@ const ROUTES: &[Route] = &[
         path: "/api/publish_batch",
         served: |_| true,
         methods: &[(Method::POST, Handler::PublishBatch)],
+    },
+    Route {
+        path: "/api/devices",
+        served: |_| true,
+        methods: &[(Method::GET, Handler::Devices)],
     },
     Route {
         path: "/metrics",
@@ -163,6 +172,16 @@ async fn route(
         Handler::Health => text(StatusCode::OK, "text/plain", "ok\n"),
         Handler::DashboardPage => dashboard::page(),
         Handler::DashboardData => dashboard::data(req.headers(), req.uri().query(), shared).await,
+        Handler::Devices => {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !shared.api_key.check(auth) {
+                return unauthorized(API_KEY_REQUIRED);
+            }
+            devices::list(req.uri().query(), shared).await
+        }
     }
 }
 
@@ -301,14 +320,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if !shared.api_key.check(auth) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid `Authorization: Bearer <api key>` is required",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+        return unauthorized(API_KEY_REQUIRED);
     }
     if shared.is_stopping() {
         return try_later("the server is shutting down");

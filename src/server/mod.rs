@@ -28,6 +28,7 @@
 pub mod auth;
 pub mod config;
 mod dashboard;
+mod devices;
 mod http;
 mod response;
 mod ws;

@@ -45,3 +45,11 @@ pub(super) fn try_later(message: &str) -> Response<Body> {
     );
     r
 }
+
+/// 401 with `WWW-Authenticate: Bearer`: the route needs the API key.
+pub(super) fn unauthorized(message: &str) -> Response<Body> {
+    let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}

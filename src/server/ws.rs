@@ -28,7 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::{publish_one, FrontStats, Published, Shared};
 use crate::protocol::{self as wire, ClientFrame};
-use crate::{CloseReason, ConnectError, EndReason, Session};
+use crate::{CloseReason, ConnectError, DeviceId, EndReason, Session};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -215,8 +215,12 @@ impl<'a> Connection<'a> {
             Ok(Ok(text)) => text,
         };
         FrontStats::bump(&self.shared.stats.frames_in);
-        let (token, resume) = match wire::decode_client_frame_shared(&text) {
-            Ok(ClientFrame::Connect { token, resume }) => (token, resume),
+        let (token, resume, device) = match wire::decode_client_frame_shared(&text) {
+            Ok(ClientFrame::Connect {
+                token,
+                resume,
+                device,
+            }) => (token, resume, device),
             Ok(_) => {
                 self.violation("the first frame must be a connect frame")
                     .await;
@@ -247,17 +251,39 @@ impl<'a> Connection<'a> {
         // A resume point that does not parse is a client that lost its state: connect
         // fresh, which re-sends everything unacknowledged.
         let resume = resume.and_then(|r| r.to_resume_point().ok());
-        match self.shared.engine.connect(&claims.user, resume).await {
+        let device = match device.map(DeviceId::new).transpose() {
+            Ok(device) => device,
+            Err(e) => {
+                self.violation(&format!("field `device` is invalid: {e}"))
+                    .await;
+                return None;
+            }
+        };
+        let engine = &self.shared.engine;
+        let connected = match &device {
+            Some(device) => engine.connect_device(&claims.user, device, resume).await,
+            None => engine.connect(&claims.user, resume).await,
+        };
+        match connected {
             Ok(session) => {
                 self.out.push_back(Frame::text(wire::encode_connected(
                     session.user(),
+                    session.device(),
                     session.info(),
                 )));
                 Some((session, claims.expires_at))
             }
-            Err(ConnectError::TooManyUsers) => {
+            // Every device of the user is connected: one may leave soon, so come back later.
+            Err(ConnectError::TooManyUsers | ConnectError::TooManyDevices { .. }) => {
                 FrontStats::bump(&self.shared.stats.refused_overload);
                 self.close(CloseCode::Library(wire::CLOSE_TRY_LATER), &try_later())
+                    .await;
+                None
+            }
+            // The token's user was checked when the token was read: what the engine refuses
+            // here is the device name (too long).
+            Err(ConnectError::Invalid(e)) if device.is_some() => {
+                self.violation(&format!("field `device` is invalid: {e}"))
                     .await;
                 None
             }

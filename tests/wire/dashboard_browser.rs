@@ -220,6 +220,10 @@ async fn the_dashboard_shows_sessions_breakers_queues_and_charts_in_a_browser() 
     assert_eq!(page.value("queue-low"), 2);
     assert!(page.value("queue-normal") >= 7);
     assert!(page.value("queue-total") >= 13);
+    // Every user here has one device, so users and device mailboxes agree with the engine.
+    let gauges = engine.metrics().gauges;
+    assert_eq!(page.value("queue-users"), gauges.users);
+    assert_eq!(page.value("queue-mailboxes"), gauges.mailboxes);
     let table = page.section("id=\"deepest\"", "</tbody>");
     for name in ["away-a", "away-b", "away-c"] {
         let stats = engine.mailbox_stats(&user(name)).await.expect("a mailbox");

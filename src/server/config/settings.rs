@@ -136,9 +136,18 @@ settings! {
         /// Messages in flight (delivered, not acknowledged) per user.
         window: Option<usize> = None, Opt<Count>, shown 1024, check positive, engine window;
 
-        /// Most mailboxes the engine keeps.
+        /// Most users the engine keeps mailboxes for.
         max_users: Option<usize> = None, Opt<Count>,
             shown 10_000_000, check positive, engine max_users;
+
+        /// Device mailboxes per user (each device gets every message); one more evicts the
+        /// device away longest, or is refused (4100) when all are connected. 1 to 1024.
+        max_devices_per_user: Option<usize> = None, Opt<Count>,
+            shown 10, check positive, engine max_devices_per_user;
+
+        /// Longest device name a connect frame may give, in bytes.
+        max_device_id_len: Option<usize> = None, Opt<Count>,
+            shown 64, check positive, engine max_device_id_len;
 
         /// Engine-wide budget for held payload bytes; near it, low priorities are refused
         /// first.
