@@ -36,7 +36,9 @@ enum Cmd {
     /// Run the server. Settings come from flags, then TETHER_* variables, then the --config
     /// file, then the defaults shown.
     Serve(ServeArgs),
-    /// Print a client token (HS256 JWT) for a user.
+    /// Print a client token (HS256 JWT) for a user. One token serves every device of the user:
+    /// a client names its device in its connect frame ({"type":"connect","token":..,
+    /// "device":"phone"}); without one it is the user's default device.
     Token(TokenArgs),
 }
 
