@@ -70,6 +70,11 @@ pub mod time;
 // The handles: how a program reaches the shards.
 mod engine;
 
+// Mailboxes in Redis, shared by several nodes. Not under loom: tokio's loom build has no
+// networking.
+#[cfg(all(feature = "redis", not(loom)))]
+pub mod cluster;
+
 // The network: the wire protocol, the Rust client, the server.
 #[cfg(all(feature = "server", not(loom)))]
 pub mod client;
