@@ -41,7 +41,13 @@ impl RedisStore {
         let client = redis::Client::open(url)?;
         let manager = ConnectionManager::new_with_config(
             client,
+            // redis-rs's backoff waits at least a second between attempts and its default
+            // factor makes that minutes: a few quick attempts instead, then the caller sees
+            // the outage (each later request tries to reconnect again).
             ConnectionManagerConfig::new()
+                .set_number_of_retries(2)
+                .set_factor(2)
+                .set_max_delay(1000)
                 .set_connection_timeout(config.connect_timeout)
                 .set_response_timeout(config.response_timeout),
         )
@@ -229,7 +235,6 @@ impl RedisStore {
             expired,
             deduplicated,
             ids,
-            ..MissedManifest::default()
         };
         Ok(Attached {
             session: SessionRef {

@@ -92,11 +92,11 @@ local function sweep(mb, now)
   end
   redis.call('ZREMRANGEBYSCORE', mb.t, '-inf', s(now))
   if dn > 0 then
-    redis.call('HINCRBY', mb.m, 'qn', -dn)
-    redis.call('HINCRBY', mb.m, 'qb', -(db[1] + db[2] + db[3] + db[4]))
+    redis.call('HINCRBY', mb.m, 'qn', s(-dn))
+    redis.call('HINCRBY', mb.m, 'qb', s(-(db[1] + db[2] + db[3] + db[4])))
     for b = 0, 3 do
       if db[b + 1] > 0 then
-        redis.call('HINCRBY', mb.m, 'b' .. b, -db[b + 1])
+        redis.call('HINCRBY', mb.m, 'b' .. b, s(-db[b + 1]))
       end
     end
   end
@@ -161,14 +161,14 @@ local function fill(mb, room, out)
           n = n + 1
         end
       end
-      redis.call('HINCRBY', mb.m, 'b' .. b, -bb)
+      redis.call('HINCRBY', mb.m, 'b' .. b, s(-bb))
       bytes = bytes + bb
     end
   end
   if n > 0 then
     redis.call('HSET', mb.m, 'ns', s(ns))
-    redis.call('HINCRBY', mb.m, 'qn', -n)
-    redis.call('HINCRBY', mb.m, 'qb', -bytes)
+    redis.call('HINCRBY', mb.m, 'qn', s(-n))
+    redis.call('HINCRBY', mb.m, 'qb', s(-bytes))
     redis.call('HINCRBY', mb.m, 'cd', n)
   end
   return n

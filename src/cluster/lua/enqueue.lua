@@ -108,7 +108,7 @@ local function admit(mb)
         local _, _, oid, ocost = parse(old)
         qn = qn - 1
         qb = qb - ocost
-        redis.call('HINCRBY', mb.m, 'b' .. b, -ocost)
+        redis.call('HINCRBY', mb.m, 'b' .. b, s(-ocost))
         loss(mb, 'ev', oid)
         evicted = evicted + 1
       end
@@ -121,8 +121,8 @@ local function admit(mb)
   local tag = redis.call('HINCRBY', mb.m, 'nt', 1)
   redis.call('HSET', mb.b, tag, rec)
   redis.call('RPUSH', mb.q[prio + 1], tag)
-  redis.call('HSET', mb.m, 'qn', qn + 1, 'qb', qb + cost)
-  redis.call('HINCRBY', mb.m, 'b' .. prio, cost)
+  redis.call('HSET', mb.m, 'qn', s(qn + 1), 'qb', s(qb + cost))
+  redis.call('HINCRBY', mb.m, 'b' .. prio, s(cost))
   if dl then
     redis.call('ZADD', mb.t, s(dl), 'q' .. prio .. ':' .. tag)
   end
