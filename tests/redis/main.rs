@@ -6,6 +6,7 @@ mod server;
 
 mod bad_input;
 mod batch;
+mod cluster;
 mod dedup;
 mod devices;
 mod fencing;
