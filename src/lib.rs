@@ -46,7 +46,9 @@
 //! Beyond the engine's own types, three modules are public and stable because they are useful
 //! on their own: [`sync`] (the bounded MPSC and SPSC rings), [`time`] (the hierarchical timing
 //! wheel and the clock) and [`breaker`] (the circuit breaker). Everything else in the engine is
-//! private.
+//! private. `cluster` (cargo feature `redis`, on by default) is the Redis mailbox store that
+//! lets several nodes share users; it is public, and not yet stable, while it is wired behind
+//! the engine.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

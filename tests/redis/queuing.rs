@@ -166,3 +166,25 @@ async fn an_attached_device_is_named_with_its_owner_and_window_room() {
     };
     assert_eq!((all[0].owner.clone(), all[0].ready), (None, false));
 }
+
+#[tokio::test]
+async fn user_and_device_ids_with_key_syntax_in_them_stay_apart() {
+    let (_server, store) = store().await;
+    // `}` ends a hash tag early and `}:` could pass for the end of another user's tag.
+    let names = ["a", "a}:devs", "{a}", "a:dv:1:b"];
+    for name in names {
+        put(&store, &user(name), msg(name, Priority::Normal)).await;
+    }
+    for name in names {
+        let a = store
+            .attach(&user(name), "x}:m", NODE, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(texts(&a.delivered), [name], "{name}");
+        let other = store
+            .attach(&user(name), "x", NODE, None, 10)
+            .await
+            .unwrap();
+        assert!(other.delivered.is_empty(), "{name}");
+    }
+}
