@@ -54,6 +54,8 @@
 //! on their own: [`sync`] (the bounded MPSC and SPSC rings), [`time`] (the hierarchical timing
 //! wheel and the clock), [`breaker`] (the circuit breaker) and [`durable`] (the append-only,
 //! checksummed shard log with group commit). Everything else in the engine is private.
+//! `cluster` (cargo feature `redis`, on by default) is the Redis mailbox store that lets several
+//! nodes share users; it is public, and not yet stable, while it is wired behind the engine.
 //!
 //! # Features
 //!
@@ -61,6 +63,7 @@
 //! |---|---|
 //! | `server` (default) | `server`: the WebSocket and HTTP front end, and the `tether` binary |
 //! | `client` (default) | `client`: a Rust client that reconnects and resumes by itself |
+//! | `redis` (default) | `cluster`: the Redis mailbox store, for several nodes sharing users |
 //!
 //! Either adds `protocol`, the wire format both speak. With neither
 //! (`default-features = false`) the crate is the engine alone; with only `client` it builds
@@ -88,6 +91,11 @@ pub mod time;
 
 // The handles: how a program reaches the shards.
 mod engine;
+
+// Mailboxes in Redis, shared by several nodes. Not under loom: tokio's loom build has no
+// networking.
+#[cfg(all(feature = "redis", not(loom)))]
+pub mod cluster;
 
 // The network: the wire protocol, the Rust client, the server.
 #[cfg(all(feature = "client", not(loom)))]
