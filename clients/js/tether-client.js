@@ -230,6 +230,11 @@ export class TetherClient {
     }
   }
 
+  /** The WebSocket URL the client dials (normalised: `ws(s)://`, `/ws` for an empty path). */
+  get url() {
+    return this.#o.url;
+  }
+
   /** `disconnected`, `connecting`, `connected` or `closed`. */
   get state() {
     return this.#state;
@@ -279,25 +284,24 @@ export class TetherClient {
    * message is processed when the loop asks for the next one or leaves.
    */
   messages() {
-    let current = null; // settles the item the loop holds
+    let current = null; // the item the loop holds, and how to finish it
     let offered = null; // an item handed over before the loop asked for it
     let waiting = null;
     let ended = false;
     let failure = null;
-    const consumer = (item) =>
-      new Promise((done) => {
-        if (waiting) {
-          current = done;
-          waiting.resolve({ value: item, done: false });
-          waiting = null;
-        } else offered = { item, done };
-      });
+    const consumer = (item, finish) => {
+      if (waiting) {
+        current = finish;
+        waiting.resolve({ value: item, done: false });
+        waiting = null;
+      } else offered = { item, finish };
+    };
     const end = (error) => {
       ended = true;
       failure = error;
       this.#consumers.delete(consumer);
       this.#enders.delete(end);
-      if (offered) offered.done(UNSEEN); // dispatched again
+      if (offered) offered.finish(UNSEEN); // dispatched again
       offered = null;
       if (waiting) {
         if (error) waiting.reject(error);
@@ -305,9 +309,11 @@ export class TetherClient {
       }
       waiting = null;
     };
+    // Synchronous, so that a close() right after the loop acknowledges its last message.
     const settle = () => {
-      if (current) current();
+      const finish = current;
       current = null;
+      finish?.();
     };
     if (this.#state === 'closed') ended = true;
     else {
@@ -319,9 +325,9 @@ export class TetherClient {
       next: () => {
         settle();
         if (offered) {
-          const { item, done } = offered;
+          const { item, finish } = offered;
           offered = null;
-          current = done;
+          current = finish;
           return Promise.resolve({ value: item, done: false });
         }
         if (ended) return failure ? Promise.reject(failure) : Promise.resolve({ value: undefined, done: true });
@@ -601,48 +607,53 @@ export class TetherClient {
     while (this.#queue.length && (this.#on.get('message')?.size || this.#consumers.size)) {
       const item = this.#queue.shift();
       if (item.seq <= this.#processed) continue;
-      const epoch = this.#epoch;
       if (item.seq > this.#received) this.#received = item.seq;
-      let pending;
-      try {
-        pending = this.#handle(item);
-      } catch (e) {
-        return this.#failed(item, e);
-      }
-      if (pending) {
-        pending.then(
-          (taken) => {
-            this.#busy = false;
-            if (taken.includes(UNSEEN)) {
-              if (epoch === this.#epoch && this.#state !== 'closed') this.#queue.unshift(item);
-            } else this.#done(item, epoch);
-            this.#pump();
-          },
-          (e) => this.#failed(item, e),
-        );
-        return;
-      }
-      this.#done(item, epoch);
+      // Still being handled: its last finish resumes the pump.
+      if (!this.#handle(item)) return;
     }
     this.#busy = false;
   }
 
-  // Calls the listeners; a promise if any of them is still working.
+  // Hands an item to every listener and iterator; true if all of them are done already.
   #handle(item) {
-    const waits = [];
-    const listeners = this.#on.get(item.type === 'message' ? 'message' : 'streamAborted');
-    if (listeners) {
-      for (const listener of listeners) {
-        const r = listener(item);
-        if (isThenable(r)) waits.push(r);
+    const epoch = this.#epoch;
+    let left = 1;
+    let unseen = false;
+    let later = false;
+    const finish = (how) => {
+      unseen ||= how === UNSEEN;
+      if (--left) return;
+      if (unseen) {
+        if (epoch === this.#epoch && this.#state !== 'closed') this.#queue.unshift(item);
+      } else if (this.#o.autoAck) this.#settle(item.seq, epoch);
+      if (later) {
+        this.#busy = false;
+        this.#pump();
       }
+    };
+    const fail = (e) => {
+      left = Infinity; // nothing settles it now
+      this.#failed(item, e);
+    };
+    try {
+      for (const listener of this.#on.get(item.type === 'message' ? 'message' : 'streamAborted') ?? []) {
+        const r = listener(item);
+        if (isThenable(r)) {
+          left++;
+          r.then(() => finish(), fail);
+        }
+      }
+      for (const consumer of this.#consumers) {
+        left++;
+        consumer(item, finish);
+      }
+    } catch (e) {
+      fail(e);
+      return false;
     }
-    for (const consumer of this.#consumers) waits.push(consumer(item));
-    return waits.length ? Promise.all(waits) : null;
-  }
-
-  #done(item, epoch) {
-    if (this.#o.autoAck) this.#settle(item.seq, epoch);
+    finish();
+    later = true;
+    return left === 0;
   }
 
   #failed(item, e) {

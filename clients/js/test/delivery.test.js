@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  client, next, publish, publishBatch, recordingWebSocket, startServer, until,
+  client, next, publish, publishBatch, recordingWebSocket, startServer, until, within,
 } from './helpers.js';
 import { AckError, ClosedError, HandlerError, RequestError } from '../tether-client.js';
 
@@ -125,22 +125,43 @@ test('the async iterator yields messages in order; leaving the loop counts the l
   const c = client(t, server, 'iter');
   await c.connect();
   const seen = [];
-  for await (const m of c.messages()) {
-    seen.push(m.data);
-    if (seen.length === 4) break;
-  }
+  await within((async () => {
+    for await (const m of c.messages()) {
+      seen.push(m.data);
+      if (seen.length === 4) break;
+    }
+  })(), 'four messages');
   assert.deepEqual(seen, [0, 1, 2, 3]);
-  await until(() => c.resumePoint.seq === 4, 'the fourth processed');
+  assert.equal(c.resumePoint.seq, 4, 'processed as the loop left');
   await c.close();
 
   const d = client(t, server, 'iter');
   await d.connect();
   const rest = [];
-  for await (const m of d.messages()) {
-    rest.push(m.data);
-    if (rest.length === 2) await d.close();
-  }
+  await within((async () => {
+    for await (const m of d.messages()) {
+      rest.push(m.data);
+      if (rest.length === 2) await d.close();
+    }
+  })(), 'the loop to end');
   assert.deepEqual(rest, [4, 5], 'the loop ends when the client closes');
+});
+
+test('a message handed to an iterator that is left before taking it goes to the next consumer', async (t) => {
+  const server = await startServer(t);
+  const c = client(t, server, 'abandoned');
+  const first = c.messages();
+  await c.connect();
+  await publish(server, { to: 'abandoned', data: 'not taken' });
+  // Long enough for the message to be handed to the first iterator (the outcome is the same
+  // if it was not).
+  await new Promise((r) => setTimeout(r, 100));
+  await first.return();
+  const second = c.messages();
+  const { value } = await within(second.next(), 'the message on the second iterator');
+  assert.deepEqual([value.seq, value.data], [1, 'not taken']);
+  await second.return();
+  await until(() => c.resumePoint.seq === 1, 'processed once the second loop left');
 });
 
 test('a handler that throws stops the client; its message is not acknowledged', async (t) => {

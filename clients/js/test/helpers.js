@@ -147,6 +147,15 @@ export async function until(check, what) {
   }
 }
 
+/** `promise`, or a failure naming `what` after GUARD_MS. */
+export function within(promise, what) {
+  let timer;
+  const guard = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), GUARD_MS);
+  });
+  return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
+}
+
 /** The next `event` the client emits (optionally one that `pick` accepts). */
 export function next(client, event, pick = () => true) {
   return new Promise((resolve, reject) => {
