@@ -14,6 +14,8 @@ const STABLE_AFTER_MS = 2000;
 const CLOSE_TIMEOUT_MS = 2000;
 // Longest wait a 4100's retry_after_ms may impose (as the Rust client).
 const MAX_RETRY_AFTER_MS = 600000;
+// Longest jitter before a reconnect that `online` or `visibilitychange` brought forward.
+const WAKE_JITTER_MS = 1000;
 
 const DEFAULTS = {
   WebSocket: undefined,
@@ -824,7 +826,7 @@ export class TetherClient {
       if (doc?.visibilityState === 'hidden' || g.navigator?.onLine === false) return;
       clearTimeout(this.#timer);
       const reason = 'woken: the browser is online and the page visible';
-      this.#timer = setTimeout(() => this.#dial(reason), Math.random() * this.#o.backoff.baseMs);
+      this.#timer = setTimeout(() => this.#dial(reason), Math.random() * Math.min(this.#o.backoff.baseMs, WAKE_JITTER_MS));
     };
     g.addEventListener('online', wake);
     doc?.addEventListener('visibilitychange', wake);

@@ -1,9 +1,11 @@
 // What the tests share: the real `tether` binary started on 127.0.0.1 port 0, tokens, HTTP
 // publishes, a TCP proxy that can cut connections, and bounded waits.
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { TetherClient } from '../tether-client.js';
@@ -12,6 +14,9 @@ export const SECRET = 'the js client tests secret, 32+ bytes long';
 export const API_KEY = 'js-client-tests-api-key';
 /** Longest any single wait in a test may take before the test fails. */
 export const GUARD_MS = 20000;
+
+/** The package's directory. */
+export const PACKAGE = fileURLToPath(new URL('..', import.meta.url));
 
 export const BIN = process.env.TETHER_BIN || fileURLToPath(new URL('../../../target/debug/tether', import.meta.url));
 
@@ -235,4 +240,14 @@ export async function proxy(target) {
       return new Promise((resolve) => server.close(resolve));
     },
   };
+}
+
+/** The first fenced block of `lang` after the heading `heading` in the package README. */
+export function readmeExample(heading, lang) {
+  const readme = readFileSync(join(PACKAGE, 'README.md'), 'utf8');
+  const section = readme.split(`\n## ${heading}\n`)[1];
+  assert.ok(section, `README has a "## ${heading}" section`);
+  const block = section.split('\n## ')[0].match(new RegExp('```' + lang + '\\n([\\s\\S]*?)```'));
+  assert.ok(block, `README "## ${heading}" has a ${lang} block`);
+  return block[1];
 }

@@ -3,22 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { client, GUARD_MS, publish, startServer, token, until } from './helpers.js';
-
-const PACKAGE = fileURLToPath(new URL('..', import.meta.url));
-
-/** The first fenced block of `lang` after the heading `heading` in the package README. */
-export function readmeExample(heading, lang) {
-  const readme = readFileSync(join(PACKAGE, 'README.md'), 'utf8');
-  const section = readme.split(`\n## ${heading}\n`)[1];
-  assert.ok(section, `README has a "## ${heading}" section`);
-  const block = section.split('\n## ')[0].match(new RegExp('```' + lang + '\\n([\\s\\S]*?)```'));
-  assert.ok(block, `README "## ${heading}" has a ${lang} block`);
-  return block[1];
-}
+import { client, GUARD_MS, PACKAGE, publish, readmeExample, startServer, token, until } from './helpers.js';
 
 test('the README Node example receives, stops at "bye" and acknowledges what it processed', async (t) => {
   const server = await startServer(t);
