@@ -206,7 +206,7 @@ test('keepalive pings hold a quiet connection open; a silent one is dropped and 
   t.after(() => link.close());
   const sent = [];
   const c = client(t, server, 'quiet', {
-    url: link.url, keepaliveMs: 100, idleTimeoutMs: 400, WebSocket: recordingWebSocket(sent),
+    url: link.url, keepaliveMs: 200, idleTimeoutMs: 1000, WebSocket: recordingWebSocket(sent),
   });
   let drops = 0;
   c.on('disconnected', () => drops++);
