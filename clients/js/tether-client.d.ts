@@ -49,7 +49,7 @@ export interface TetherClientOptions {
   backoff?: { baseMs?: number; maxMs?: number };
   /** Consecutive failed attempts after which the client stops with GaveUpError. Default Infinity, at least 0. */
   maxReconnectAttempts?: number;
-  /** Time from opening the socket to the `connected` frame, in ms. Default 10000. */
+  /** Time from asking for the token to the `connected` frame, in ms. Default 10000. */
   connectTimeoutMs?: number;
   /** Send a protocol ping after this long without a frame from the server, in ms. Default 15000. */
   keepaliveMs?: number;

@@ -437,6 +437,10 @@ export class TetherClient {
     };
     this.#conn = conn;
     this.#set('connecting', reason);
+    // The timeout covers the token function too: a token request that hangs is a failed attempt.
+    conn.timers.push(
+      setTimeout(() => this.#drop(conn, `no \`connected\` frame within ${this.#o.connectTimeoutMs} ms`), this.#o.connectTimeoutMs),
+    );
     let token = this.#o.token;
     try {
       if (typeof token === 'function') token = await token();
@@ -454,9 +458,6 @@ export class TetherClient {
     }
     conn.ws = ws;
     conn.lastIn = Date.now();
-    conn.timers.push(
-      setTimeout(() => this.#drop(conn, `no \`connected\` frame within ${this.#o.connectTimeoutMs} ms`), this.#o.connectTimeoutMs),
-    );
     // Until close(), errors are followed by a close event that says more; and the ws package
     // throws an 'error' nobody listens to.
     ws.onerror = () => {};
@@ -587,6 +588,7 @@ export class TetherClient {
       } catch (e) {
         return reject(e);
       }
+      if (conn.dead) return reject(new RequestError('connection_lost', 'the connection was lost while sending: the outcome is unknown'));
       const entry = {
         resolve: (v) => (clearTimeout(entry.timer), resolve(v)),
         reject: (e) => (clearTimeout(entry.timer), reject(e)),

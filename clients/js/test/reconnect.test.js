@@ -119,6 +119,27 @@ describe('tokens', { concurrency: true }, () => {
   });
 });
 
+test('a token function that fails or hangs is a failed attempt: the client tries again', async (t) => {
+  const server = await startServer(t);
+  let calls = 0;
+  const c = client(t, server, 'flaky-token', {
+    connectTimeoutMs: 300,
+    backoff: { baseMs: 10, maxMs: 20 },
+    token: () => {
+      calls++;
+      if (calls === 1) throw new Error('auth server down');
+      if (calls === 2) return new Promise(() => {});
+      return token('flaky-token');
+    },
+  });
+  const reasons = [];
+  c.on('disconnected', (d) => reasons.push(d.reason));
+  const info = await c.connect();
+  assert.equal(info.user, 'flaky-token');
+  assert.deepEqual(reasons, ['the token function failed: auth server down', 'no `connected` frame within 300 ms']);
+  assert.equal(calls, 3);
+});
+
 test('4002: the older connection of a user stops with ReplacedError, the newer one stays', async (t) => {
   const server = await startServer(t);
   const first = client(t, server, 'twice');
