@@ -5,7 +5,7 @@ import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import WebSocket from 'ws';
-import { GUARD_MS } from './helpers.js';
+import { GUARD_MS, reapOnExit } from './helpers.js';
 
 /** The Chromium binary: TETHER_CHROMIUM, else `chromium` or `chromium-browser` on PATH; null if none. */
 export function findChromium() {
@@ -33,12 +33,18 @@ export async function launch(t, bin) {
     '--mute-audio', `--user-data-dir=${profile}`, '--remote-debugging-port=0', 'about:blank',
   ], { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
   const exited = new Promise((resolve) => child.once('exit', resolve));
-  t.after(async () => {
+  // The whole process group: Chromium's helpers too.
+  const kill = () => {
     try {
       process.kill(-child.pid, 'SIGKILL');
     } catch {
       // Already gone.
     }
+  };
+  const cancel = reapOnExit(kill);
+  t.after(async () => {
+    kill();
+    cancel();
     await exited;
     rmSync(profile, { recursive: true, force: true });
   });

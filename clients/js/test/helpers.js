@@ -21,10 +21,18 @@ export const PACKAGE = fileURLToPath(new URL('..', import.meta.url));
 export const BIN = process.env.TETHER_BIN || fileURLToPath(new URL('../../../target/debug/tether', import.meta.url));
 
 const children = new Set();
-// A test that fails or times out must not leave a server behind.
+const reapers = new Set();
+/** Runs `kill` when this process ends, however it ends; returns a function that cancels it. */
+export function reapOnExit(kill) {
+  reapers.add(kill);
+  return () => reapers.delete(kill);
+}
+// A test that fails, times out or is interrupted must not leave a process behind.
 process.on('exit', () => {
   for (const child of children) child.kill('SIGKILL');
+  for (const kill of reapers) kill();
 });
+for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => process.exit(128 + (signal === 'SIGINT' ? 2 : 15)));
 
 /**
  * Starts `tether serve` with the tests' credentials and `flags`; resolves once it listens.
