@@ -61,6 +61,12 @@ export interface TetherClientOptions {
   maxPendingRequests?: number;
   /** Resume the first connection from a point saved earlier (`resumePoint`). Default none. */
   resume?: ResumePoint | null;
+  /**
+   * This client is the user's device with this name (keep it in the app's storage): every
+   * device of a user gets every message, with its own seqs and resume point. Default: the
+   * user's default device.
+   */
+  device?: string | null;
 }
 
 /** What was lost while the user was away, by cause, and the most recent lost ids. */
@@ -70,12 +76,16 @@ export interface Missed {
   rejected: number;
   shed: number;
   deduplicated: number;
+  /** Why the device's whole mailbox was reset since its last connection (`device_evicted`). */
+  reset?: string;
   ids: string[];
 }
 
 /** The server's `connected` frame. */
 export interface ConnectedInfo {
   user: string;
+  /** The device this connection is, when the client named one (the `device` option). */
+  device?: string;
   epoch: string;
   /** The resume point was honoured: nothing processed is sent again. */
   recovered: boolean;

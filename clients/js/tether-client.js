@@ -30,6 +30,7 @@ const DEFAULTS = {
   requestTimeoutMs: 10000,
   maxPendingRequests: 256,
   resume: undefined,
+  device: undefined,
 };
 
 /** The base of every error this client throws or reports; `code` is stable. */
@@ -111,6 +112,9 @@ function checkOptions(options) {
     throw configError('backoff', 'needs 0 < baseMs <= maxMs, both finite');
   }
   o.backoff = b;
+  if (o.device != null && !(typeof o.device === 'string' && o.device !== '')) {
+    throw configError('device', 'must be a non-empty string (leave it unset for the default device)');
+  }
   const r = o.resume;
   if (r != null && !(isEpoch(r.epoch) && isSeq(r.seq))) {
     throw configError('resume', 'must be { epoch: 16 hex digits, seq: integer >= 0 } (from `resumePoint`)');
@@ -154,8 +158,11 @@ function connectedInfo(f) {
   ) return null;
   const missed = { ids: Array.isArray(m.ids) ? m.ids.filter((id) => typeof id === 'string') : [] };
   for (const c of counts) missed[c] = isSeq(m[c]) ? m[c] : 0;
+  if (typeof m.reset === 'string') missed.reset = m.reset;
   const { user, epoch, recovered, redelivered, pending } = f;
-  return { user, epoch, recovered, redelivered, pending, missed };
+  const info = { user, epoch, recovered, redelivered, pending, missed };
+  if (typeof f.device === 'string') info.device = f.device;
+  return info;
 }
 
 function delivery(f) {
@@ -464,7 +471,7 @@ export class TetherClient {
     ws.onopen = () => {
       const resume = this.#epoch ? { epoch: this.#epoch, seq: this.#processed } : undefined;
       conn.resume = resume;
-      this.#send(conn, { type: 'connect', token, resume });
+      this.#send(conn, { type: 'connect', token, resume, device: this.#o.device ?? undefined });
     };
     ws.onmessage = (e) => this.#frame(conn, e.data);
     ws.onclose = (e) => this.#ended(conn, { code: e.code, reason: e.reason });

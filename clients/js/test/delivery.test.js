@@ -289,3 +289,17 @@ test('close() is final', async (t) => {
   // The user is away now: a publish is queued, not delivered.
   assert.equal((await publish(server, { to: 'final', data: 1 })).outcome, 'queued');
 });
+
+test('every device of a user gets every message, each with its own seqs', async (t) => {
+  const server = await startServer(t);
+  const phone = client(t, server, 'dev', { device: 'phone' });
+  const laptop = client(t, server, 'dev', { device: 'laptop' });
+  const [onPhone, onLaptop] = [collect(phone), collect(laptop)];
+  assert.equal((await phone.connect()).device, 'phone');
+  assert.equal((await laptop.connect()).device, 'laptop');
+  const outcome = await publish(server, { to: 'dev', data: 'both' });
+  assert.deepEqual(outcome, { outcome: 'fanout', delivered: 2, queued: 0, dropped: 0 });
+  await until(() => onPhone.length === 1 && onLaptop.length === 1, 'one message on each device');
+  assert.deepEqual([onPhone[0].seq, onPhone[0].data], [1, 'both']);
+  assert.deepEqual([onLaptop[0].seq, onLaptop[0].data], [1, 'both']);
+});

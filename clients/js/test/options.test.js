@@ -68,6 +68,13 @@ test('a resume point needs an epoch of 16 hex digits and a seq', () => {
   refused({ resume: { epoch: '00000000000000ff', seq: -1 } }, 'resume');
 });
 
+test('a device is a non-empty string, or unset for the default device', () => {
+  make({ device: 'phone' });
+  make({ device: null });
+  refused({ device: '' }, 'device');
+  refused({ device: 7 }, 'device');
+});
+
 test('an unknown option is refused by name, so a typo never falls back to a default', () => {
   refused({ ackbatch: 8 }, 'ackbatch');
   assert.throws(() => new TetherClient(), ConfigError);
