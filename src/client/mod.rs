@@ -86,7 +86,7 @@
 //! | 4001 | unauthorized | stops: `recv` returns [`ClientError::Unauthorized`] |
 //! | 4002 | a newer connection of the same user took over | stops: [`ClientError::Replaced`] (it does not fight back) |
 //! | 4003 | protocol violation | stops: [`ClientError::ProtocolViolation`] |
-//! | 4100 | try later | waits at least the close reason's `retry_after_ms`, then reconnects |
+//! | 4100 | try later | waits the close reason's `retry_after_ms` plus its jittered backoff, then reconnects |
 //! | 1001 | server shutting down (or idle timeout) | reconnects with backoff |
 //!
 //! The backoff starts over once a connection has stayed up for 2 s, so a server that accepts

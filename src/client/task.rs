@@ -338,7 +338,9 @@ impl Task {
         loop {
             let wait = if use_backoff {
                 match self.backoff.next_delay() {
-                    Some(d) => d.max(at_least),
+                    // The server's wait is a floor; the jitter comes on top of it, so clients
+                    // refused together do not all come back at the same instant.
+                    Some(d) => at_least + d,
                     None => {
                         return Err(ClientError::GaveUp {
                             attempts: self.backoff.attempts(),
