@@ -78,6 +78,7 @@ mod config;
 mod error;
 mod message;
 mod metrics;
+mod outcome;
 mod session;
 mod shutdown;
 mod stream;
@@ -120,10 +121,10 @@ pub use error::{
     AbortStreamError, AckError, ConnectError, SendError, SetLimitsError, TryRecvError, TrySendError,
 };
 pub use message::{
-    AbortReason, Delivery, DeviceId, Fanout, InvalidInput, Message, MessageId, Priority,
-    RejectReason, SendOutcome, StreamPart, UserId,
+    AbortReason, Delivery, DeviceId, InvalidInput, Message, MessageId, Priority, StreamPart, UserId,
 };
 pub use metrics::{Counters, Gauges, Histogram, MailboxStats, MetricsSnapshot, UserCounters};
+pub use outcome::{Fanout, RejectReason, SendOutcome};
 pub use session::{
     CloseReason, ConnectInfo, EndReason, Epoch, MissedManifest, ParseEpochError, ResetReason,
     ResumePoint,

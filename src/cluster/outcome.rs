@@ -1,6 +1,7 @@
 //! What the store's operations answer, in the engine's vocabulary where it fits.
 
-use crate::message::{Delivery, SendOutcome, UserId};
+use crate::message::{Delivery, UserId};
+use crate::outcome::SendOutcome;
 use crate::session::{ConnectInfo, Epoch};
 
 /// Which mailbox of a user an outcome is about.

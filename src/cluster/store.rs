@@ -16,7 +16,8 @@ use super::reply::Reply;
 use super::scripts::Scripts;
 use super::{StoreConfig, StoreError};
 use crate::config::{OverflowPolicy, UserLimits};
-use crate::message::{InvalidInput, Message, RejectReason, SendOutcome, UserId};
+use crate::message::{InvalidInput, Message, UserId};
+use crate::outcome::{RejectReason, SendOutcome};
 use crate::session::{CloseReason, ConnectInfo, Epoch, MissedManifest, ResetReason, ResumePoint};
 
 /// Mailboxes in Redis: every operation that changes one is one atomic Lua script on the

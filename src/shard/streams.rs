@@ -163,7 +163,7 @@ pub(crate) enum Admission {
     /// Its index was already received.
     Duplicate,
     /// Refused; the stream (if open) is untouched.
-    Refused(crate::message::RejectReason),
+    Refused(crate::outcome::RejectReason),
 }
 
 /// The streams of one mailbox: open ones by id, abort markers waiting for delivery, and a
@@ -262,13 +262,13 @@ impl Streams {
 
     /// Decides what to do with `part` without changing anything.
     pub(crate) fn admit(&self, part: &StreamPart, limits: &StreamLimits) -> Admission {
-        use crate::message::RejectReason::{StreamClosed, StreamPartInvalid, StreamWindowFull};
+        use crate::outcome::RejectReason::{StreamClosed, StreamPartInvalid, StreamWindowFull};
         let Some(slot) = self.slot_of(part.stream()) else {
             if self.finished(part.stream()).is_some() {
                 return Admission::Refused(StreamClosed);
             }
             if self.index.len() + self.markers.len() >= limits.max_per_user {
-                return Admission::Refused(crate::message::RejectReason::TooManyStreams);
+                return Admission::Refused(crate::outcome::RejectReason::TooManyStreams);
             }
             if part.index() >= limits.reorder_window {
                 return Admission::Refused(StreamWindowFull);

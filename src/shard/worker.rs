@@ -17,10 +17,9 @@ use tokio::sync::oneshot;
 use crate::config::{Config, UserLimits};
 use crate::error::{ConnectError, SetLimitsError};
 use crate::loom::Arc;
-use crate::message::{
-    AbortReason, DeviceId, Message, Prehashed, RejectReason, SendOutcome, UserId,
-};
+use crate::message::{AbortReason, DeviceId, Message, Prehashed, UserId};
 use crate::metrics::ShardRecorder;
+use crate::outcome::{RejectReason, SendOutcome};
 use crate::session::{Epoch, ResetReason};
 use crate::shard::budget::BudgetView;
 use crate::shard::dedup::DedupWindow;

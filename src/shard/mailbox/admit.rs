@@ -4,10 +4,9 @@
 use std::collections::VecDeque;
 
 use crate::config::{OverflowPolicy, UserLimits};
-use crate::message::{
-    AbortReason, Message, MessageId, Priority, RejectReason, SendOutcome, StreamPart,
-};
+use crate::message::{AbortReason, Message, MessageId, Priority, StreamPart};
 use crate::metrics::Gauges;
+use crate::outcome::{RejectReason, SendOutcome};
 
 use super::{
     band_gauge, is_part_of, Ctx, Expiry, Loss, Mailbox, Queued, Timer, KEEP_EMPTY_CAPACITY,

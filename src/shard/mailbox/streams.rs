@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 
 use crate::config::{OverflowPolicy, UserLimits};
-use crate::message::{AbortReason, Message, Priority, RejectReason, SendOutcome};
+use crate::message::{AbortReason, Message, Priority};
+use crate::outcome::{RejectReason, SendOutcome};
 use crate::shard::streams::{Admission, Streams};
 use crate::stream::StreamStatus;
 
