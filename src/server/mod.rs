@@ -25,16 +25,21 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod admit;
 pub mod auth;
 pub mod config;
 mod dashboard;
 mod http;
+mod linger;
+mod rate;
 mod response;
+mod tls;
 mod ws;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -44,8 +49,10 @@ use tokio::task::JoinSet;
 
 use crate::protocol::{FrameError, PublishRequest};
 use crate::{Engine, InvalidInput, SendOutcome, ShutdownOptions, ShutdownReport, TrySendError};
+use admit::{Admission, Ticket};
 use auth::{ApiKey, JwtVerifier};
 use config::ServerConfig;
+pub use tls::TlsError;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -68,6 +75,12 @@ pub enum ServerError {
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// [`Server::reload_tls`] on a server without TLS.
+    #[error("the server runs without TLS: nothing to reload")]
+    NoTls,
 }
 
 /// What every connection task shares.
@@ -76,8 +89,16 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) verifier: JwtVerifier,
     pub(crate) api_key: ApiKey,
-    /// WebSocket connections open now (counted against `max_connections`).
+    /// WebSocket sessions open now.
     pub(crate) connections: AtomicUsize,
+    /// Every accepted socket, counted against `max_connections` and `max_connections_per_ip`.
+    pub(crate) admission: Arc<Admission>,
+    /// The certificate, when the port speaks TLS.
+    tls: Option<tls::Tls>,
+    /// WebSocket publishes, per user.
+    pub(crate) user_rate: rate::PerUser,
+    /// HTTP publishes, for the one API key.
+    pub(crate) http_rate: (rate::Rate, Mutex<rate::Bucket>),
     pub(crate) stats: FrontStats,
     /// The dashboard's state, with the registry of sessions whose breaker is open.
     pub(crate) dashboard: dashboard::Dashboard,
@@ -94,6 +115,12 @@ pub(crate) struct FrontStats {
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
+    pub(crate) http_rate_limited: AtomicU64,
+    pub(crate) sockets_refused: AtomicU64,
+    pub(crate) sockets_dropped: AtomicU64,
+    pub(crate) header_timeouts: AtomicU64,
+    pub(crate) body_timeouts: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) write_timeouts: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) frames_in: AtomicU64,
@@ -154,9 +181,33 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::Tls::load(Path::new(cert), Path::new(key))?),
+            (None, None) => None,
+            (Some(path), None) | (None, Some(path)) => {
+                return Err(ServerError::Tls(TlsError {
+                    path: path.into(),
+                    reason: "tls_cert and tls_key must be given together".into(),
+                }))
+            }
+        };
         let (stop, stopping) = watch::channel(false);
+        let now = Instant::now();
+        let http_rate = rate::Rate::new(config.http_publish_rate, config.http_publish_burst);
         let shared = Arc::new(Shared {
             engine,
+            admission: Arc::new(Admission::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            )),
+            tls,
+            // A user needs a bucket while connected and for `burst / rate` seconds after its
+            // last publish: twice the connections leaves room for that churn.
+            user_rate: rate::PerUser::new(
+                rate::Rate::new(config.publish_rate, config.publish_burst),
+                config.max_connections.saturating_mul(2),
+            ),
+            http_rate: (http_rate, Mutex::new(http_rate.full(now))),
             config,
             verifier,
             api_key,
@@ -166,10 +217,15 @@ impl Server {
             stopping,
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
-        tracing::info!(%addr, "tether listening");
+        let scheme = if shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, scheme, "tether listening");
         if shared.config.dashboard_enabled() {
             tokio::spawn(dashboard::sampler(Arc::downgrade(&shared)));
-            tracing::info!(url = %format!("http://{addr}/dashboard"), "dashboard on");
+            tracing::info!(url = %format!("{scheme}://{addr}/dashboard"), "dashboard on");
         }
         Ok(Server {
             shared,
@@ -192,9 +248,25 @@ impl Server {
         &self.shared.engine
     }
 
-    /// WebSocket connections open now.
+    /// WebSocket sessions open now (`/echo` not counted).
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Sockets open now that count against `max_connections`: HTTP, `/echo` and WebSocket,
+    /// lingering ones included; not the ones being refused.
+    pub fn sockets(&self) -> usize {
+        self.shared.admission.open()
+    }
+
+    /// Reads `tls_cert` and `tls_key` again (the binary does on SIGHUP): handshakes from now
+    /// on present the new certificate, and connections already open keep theirs. On an
+    /// error the certificate in use stays.
+    pub fn reload_tls(&self) -> Result<(), ServerError> {
+        match &self.shared.tls {
+            Some(tls) => Ok(tls.reload()?),
+            None => Err(ServerError::NoTls),
+        }
     }
 
     /// Shuts down gracefully: stops accepting, shuts the engine down (pending messages are
@@ -247,8 +319,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinSet<()> 
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(ticket) = shared.admission.admit(peer.ip()) else {
+                        FrontStats::bump(&shared.stats.sockets_dropped);
+                        continue;
+                    };
+                    if ticket.is_refused() {
+                        FrontStats::bump(&shared.stats.sockets_refused);
+                    }
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(http::serve_connection(stream, peer, shared.clone()));
+                    tasks.spawn(accept(stream, peer, ticket, shared.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -259,6 +338,31 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinSet<()> 
         }
     }
     tasks
+}
+
+/// Finishes the TLS handshake, if the port speaks TLS, within `header_timeout`, then serves
+/// the connection. The ticket (the socket's slot) is held until the socket closes.
+async fn accept(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+    shared: Arc<Shared>,
+) {
+    let Some(tls) = &shared.tls else {
+        return http::serve_connection(stream, peer, ticket, shared).await;
+    };
+    let handshake = tls.acceptor().accept(stream);
+    match tokio::time::timeout(shared.config.header_timeout, handshake).await {
+        Ok(Ok(stream)) => http::serve_connection(stream, peer, ticket, shared.clone()).await,
+        Ok(Err(e)) => {
+            FrontStats::bump(&shared.stats.tls_handshake_failures);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            FrontStats::bump(&shared.stats.header_timeouts);
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
 }
 
 /// What became of one publish request, over HTTP or WebSocket.
@@ -288,26 +392,35 @@ pub(crate) async fn publish_one(shared: &Shared, request: PublishRequest) -> Pub
 }
 
 /// Runs the server with `config` until SIGINT or SIGTERM, then shuts down gracefully within
-/// `shutdown_timeout` and returns `Ok(())`.
+/// `shutdown_timeout` and returns `Ok(())`. SIGHUP reads the TLS files again.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let server = Server::start(config).await?;
-    wait_for_signal().await?;
+    wait_for_signal(&server).await?;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
 }
 
+/// Waits for SIGINT or SIGTERM; on SIGHUP meanwhile, reads the TLS files again.
 #[cfg(unix)]
-async fn wait_for_signal() -> Result<(), ServerError> {
+async fn wait_for_signal(server: &Server) -> Result<(), ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.map_err(ServerError::Signals),
-        _ = term.recv() => Ok(()),
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.map_err(ServerError::Signals),
+            _ = term.recv() => return Ok(()),
+            _ = hangup.recv() => match server.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(ServerError::NoTls) => tracing::info!("SIGHUP: no TLS, nothing to reload"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the TLS files were not reloaded; the certificate in use stays"),
+            },
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> Result<(), ServerError> {
+async fn wait_for_signal(_: &Server) -> Result<(), ServerError> {
     tokio::signal::ctrl_c().await.map_err(ServerError::Signals)
 }

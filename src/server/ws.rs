@@ -45,27 +45,29 @@ const BATCH: usize = 64;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs a WebSocket on an upgraded connection until it ends.
+/// Runs a WebSocket on an upgraded connection until it ends; one whose socket was past
+/// `max_connections` or `max_connections_per_ip` (`refused`) is closed with 4100 at once.
 pub(crate) async fn serve(
     io: TokioIo<hyper::upgrade::Upgraded>,
     peer: SocketAddr,
     kind: Upgrade,
+    refused: bool,
     shared: Arc<Shared>,
 ) {
     let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&shared))).await;
+    if refused {
+        FrontStats::bump(&shared.stats.refused_overload);
+        let mut conn = Connection::new(socket, &shared);
+        conn.close(CloseCode::Library(wire::CLOSE_TRY_LATER), &try_later())
+            .await;
+        return;
+    }
     match kind {
         Upgrade::Echo => echo(socket).await,
         Upgrade::Session => {
-            let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+            shared.connections.fetch_add(1, Ordering::AcqRel);
             FrontStats::bump(&shared.stats.connections_total);
-            let mut conn = Connection::new(socket, &shared);
-            if open > shared.config.max_connections {
-                FrontStats::bump(&shared.stats.refused_overload);
-                conn.close(CloseCode::Library(wire::CLOSE_TRY_LATER), &try_later())
-                    .await;
-            } else {
-                conn.run(peer).await;
-            }
+            Connection::new(socket, &shared).run(peer).await;
             shared.connections.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -103,38 +105,6 @@ async fn echo(mut socket: Socket) {
         };
         if socket.send(reply).await.is_err() {
             break;
-        }
-    }
-}
-
-/// A per-connection token bucket for client publishes.
-struct RateLimit {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn new(per_sec: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            per_sec: f64::from(per_sec),
-            at: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
     }
 }
@@ -357,7 +327,6 @@ impl<'a> Connection<'a> {
         let mut ticker = tokio::time::interval(c.ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.reset();
-        let mut rate = RateLimit::new(c.publish_rate, c.publish_burst);
         let stopped = self.shared.stopped();
         tokio::pin!(stopped);
         // `stopped` also resolves when the server is dropped without a shutdown (the flag
@@ -392,7 +361,7 @@ impl<'a> Connection<'a> {
                     self.last_inbound = Instant::now();
                     match read {
                         Some(Ok(Frame::Text(t))) => {
-                            if let Some(ending) = self.on_text(Bytes::from(t), session, &mut rate).await {
+                            if let Some(ending) = self.on_text(Bytes::from(t), session).await {
                                 return ending;
                             }
                         }
@@ -457,12 +426,7 @@ impl<'a> Connection<'a> {
     }
 
     /// Handles one client text frame; `Some` if it ends the connection.
-    async fn on_text(
-        &mut self,
-        text: Bytes,
-        session: &mut Session,
-        rate: &mut RateLimit,
-    ) -> Option<Ending> {
+    async fn on_text(&mut self, text: Bytes, session: &mut Session) -> Option<Ending> {
         FrontStats::bump(&self.shared.stats.frames_in);
         let frame = match wire::decode_client_frame_shared(&text) {
             Ok(frame) => frame,
@@ -489,7 +453,7 @@ impl<'a> Connection<'a> {
             ClientFrame::Publish(request) => {
                 let reply = if !self.shared.config.allow_client_publish {
                     refused(&request, "publish_not_allowed")
-                } else if !rate.allow() {
+                } else if !self.shared.user_rate.allow(session.user(), Instant::now()) {
                     FrontStats::bump(&self.shared.stats.rate_limited);
                     refused(&request, "rate_limited")
                 } else {

@@ -10,6 +10,7 @@ mod binary;
 mod breaker;
 mod client;
 mod dashboard_browser;
+mod front;
 mod limits;
 mod load;
 mod metrics;
