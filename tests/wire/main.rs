@@ -17,3 +17,4 @@ mod metrics;
 mod queuing;
 mod resume;
 mod shutdown;
+mod tls;
