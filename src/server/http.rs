@@ -173,7 +173,8 @@ pub(crate) async fn serve_connection<S>(
 /// leave part of the body unread.
 async fn route(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     let has_body = !req.body().is_end_stream();
-    let response = dispatch(req, conn).await;
+    let arrived_us = conn.shared.engine.now_us();
+    let response = dispatch(req, conn, arrived_us).await;
     let status = response.status();
     if has_body && (status.is_client_error() || status.is_server_error()) {
         conn.linger.store(true, Ordering::Relaxed);
@@ -181,7 +182,7 @@ async fn route(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     response
 }
 
-async fn dispatch(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
+async fn dispatch(req: Request<Incoming>, conn: &Conn, arrived_us: u64) -> Response<Body> {
     let (shared, upgrade) = (&conn.shared, &conn.upgrade);
     let path = req.uri().path();
     let served = |r: &&Route| r.path == path && (r.served)(&shared.config);
@@ -200,8 +201,8 @@ async fn dispatch(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     }
     match handler {
         Handler::WebSocket(kind) => websocket(req, shared, upgrade, kind),
-        Handler::Publish => publish(req, shared, false).await,
-        Handler::PublishBatch => publish(req, shared, true).await,
+        Handler::Publish => publish(req, shared, false, arrived_us).await,
+        Handler::PublishBatch => publish(req, shared, true, arrived_us).await,
         Handler::Metrics => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -363,7 +364,13 @@ fn declared_too_big(req: &Request<Incoming>, max: usize) -> bool {
     declared.is_some_and(|n| n > max as u64)
 }
 
-async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Response<Body> {
+/// `arrived_us`: when the request arrived, where its messages' delivery latency starts.
+async fn publish(
+    req: Request<Incoming>,
+    shared: &Shared,
+    batch: bool,
+    arrived_us: u64,
+) -> Response<Body> {
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -397,7 +404,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
             Ok(r) => r,
             Err(e) => return frame_error(&e),
         };
-        return match publish_one(shared, request).await {
+        return match publish_one(shared, request, Some(arrived_us)).await {
             Published::Outcome(o) => json(StatusCode::OK, protocol::encode_publish_outcome(&o)),
             Published::Invalid(e) => frame_error(&e),
             Published::BadInput(e @ InvalidInput::PayloadTooLarge { .. }) => error(
@@ -432,7 +439,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
         }
         let item = match request {
             Err(e) => item_error(e.code(), &e.to_string()),
-            Ok(r) => match publish_one(shared, r).await {
+            Ok(r) => match publish_one(shared, r, Some(arrived_us)).await {
                 Published::Outcome(o) => protocol::encode_publish_outcome(&o),
                 Published::Invalid(e) => item_error(e.code(), &e.to_string()),
                 Published::BadInput(e) => {
@@ -493,8 +500,16 @@ fn metrics_text(shared: &Shared) -> String {
             "# HELP tether_{name} {help}\n# TYPE tether_{name} {kind}\ntether_{name} {value}\n"
         ));
     }
+    let (name, help) = SEND_TO_WRITE;
+    crate::metrics::write_histogram(&mut out, name, help, &shared.stats.send_to_write());
     out
 }
+
+/// The front end's latency histogram: its Prometheus name and help.
+const SEND_TO_WRITE: (&str, &str) = (
+    "ws_send_to_write_seconds",
+    "Time from a delivery's producer call (Engine::send, or the arrival of the HTTP publish) to its frame written and flushed to the WebSocket.",
+);
 
 fn stats_json(shared: &Shared) -> String {
     let engine: serde_json::Value =
@@ -503,6 +518,9 @@ fn stats_json(shared: &Shared) -> String {
         .into_iter()
         .map(|(name, _, _, v)| (name.to_owned(), v.into()))
         .collect();
+    let mut front = front;
+    let latency = serde_json::to_value(shared.stats.send_to_write()).unwrap_or_default();
+    front.insert("ws_send_to_write".to_owned(), latency);
     serde_json::json!({"engine": engine, "server": front}).to_string()
 }
 

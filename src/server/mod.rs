@@ -124,11 +124,31 @@ pub(crate) struct FrontStats {
     pub(crate) write_timeouts: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) frames_in: AtomicU64,
+    /// From a delivery's producer call (or HTTP request arrival) to its frame flushed to
+    /// the socket, µs.
+    send_to_write: Mutex<crate::Histogram>,
 }
 
 impl FrontStats {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records deliveries flushed to a socket at `now_us`, each from its send stamp. One
+    /// lock per flush (a batch of up to 64 frames), not per frame.
+    pub(crate) fn record_delivered(&self, now_us: u64, sent: impl Iterator<Item = u64>) {
+        let mut h = self.send_to_write.lock().unwrap_or_else(|p| p.into_inner());
+        for at in sent {
+            h.record(now_us.saturating_sub(at));
+        }
+    }
+
+    /// The send-to-write histogram as it is now.
+    pub(crate) fn send_to_write(&self) -> crate::Histogram {
+        self.send_to_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -374,12 +394,21 @@ pub(crate) enum Published {
     Stopping,
 }
 
-/// Hands one decoded publish to the engine and waits for its outcome.
-pub(crate) async fn publish_one(shared: &Shared, request: PublishRequest) -> Published {
-    let (user, message) = match request.into_message() {
+/// Hands one decoded publish to the engine and waits for its outcome. `arrived_us` is when
+/// its HTTP request arrived (the engine's clock): the latency of its delivery counts from
+/// there; without it, from this call.
+pub(crate) async fn publish_one(
+    shared: &Shared,
+    request: PublishRequest,
+    arrived_us: Option<u64>,
+) -> Published {
+    let (user, mut message) = match request.into_message() {
         Ok(m) => m,
         Err(e) => return Published::Invalid(e),
     };
+    if let Some(at) = arrived_us {
+        message.stamp_sent(at);
+    }
     match shared.engine.try_send_confirmed(&user, message) {
         Ok(pending) => match pending.await {
             Ok(outcome) => Published::Outcome(outcome),

@@ -122,8 +122,11 @@ enum Ending {
 struct Connection<'a> {
     sink: SplitSink<Socket, Frame>,
     stream: SplitStream<Socket>,
-    /// Frames accepted for writing and not yet handed to the socket, in order.
-    out: VecDeque<Frame>,
+    /// Frames accepted for writing and not yet handed to the socket, in order, each with
+    /// its message's send stamp (µs on the engine's clock; 0 for frames that carry none).
+    out: VecDeque<(Frame, u64)>,
+    /// Send stamps of deliveries handed to the socket and not yet flushed.
+    written: Vec<u64>,
     shared: &'a Shared,
     last_inbound: Instant,
 }
@@ -135,6 +138,7 @@ impl<'a> Connection<'a> {
             sink,
             stream,
             out: VecDeque::new(),
+            written: Vec::new(),
             shared,
             last_inbound: Instant::now(),
         }
@@ -149,11 +153,19 @@ impl<'a> Connection<'a> {
         let ending = self.serve(&mut session, expires_at).await;
         // Frames still queued (deliveries before a replace or a shutdown) go out first.
         let limit = self.shared.config.write_timeout;
-        let _ = tokio::time::timeout(
+        let last = tokio::time::timeout(
             limit,
-            pump(&mut self.sink, &mut self.out, &self.shared.stats),
+            pump(
+                &mut self.sink,
+                &mut self.out,
+                &mut self.written,
+                &self.shared.stats,
+            ),
         )
         .await;
+        if let Ok(Ok(())) = last {
+            self.flushed();
+        }
         match ending {
             Ending::ClientClosed => session.close(CloseReason::Normal),
             Ending::Broken => session.close(CloseReason::Abnormal),
@@ -219,7 +231,7 @@ impl<'a> Connection<'a> {
         let resume = resume.and_then(|r| r.to_resume_point().ok());
         match self.shared.engine.connect(&claims.user, resume).await {
             Ok(session) => {
-                self.out.push_back(Frame::text(wire::encode_connected(
+                self.queue(Frame::text(wire::encode_connected(
                     session.user(),
                     session.info(),
                 )));
@@ -372,12 +384,13 @@ impl<'a> Connection<'a> {
                 wrote = tokio::time::timeout_at(
                     // Only polled while writing, when the deadline is set.
                     write_deadline.unwrap_or_else(tokio::time::Instant::now),
-                    pump(&mut self.sink, &mut self.out, &self.shared.stats),
+                    pump(&mut self.sink, &mut self.out, &mut self.written, &self.shared.stats),
                 ), if writing => {
                     write_deadline = None;
                     match wrote {
                         Ok(Ok(())) => {
                             unflushed = false;
+                            self.flushed();
                             if failing {
                                 let t = session.report_delivery_success();
                                 breaker.saw(t, session.user(), session.breaker_cell());
@@ -403,7 +416,8 @@ impl<'a> Connection<'a> {
                         batch.push(d);
                         session.drain(&mut batch, BATCH - 1);
                         for d in batch.drain(..) {
-                            self.out.push_back(Frame::text(wire::encode_delivery(&d)));
+                            let sent = d.message().sent_us().unwrap_or(0);
+                            self.out.push_back((Frame::text(wire::encode_delivery(&d)), sent));
                         }
                     }
                     None => return session_ended(session),
@@ -416,7 +430,7 @@ impl<'a> Connection<'a> {
                     if self.last_inbound.elapsed() >= c.idle_timeout {
                         return Ending::Close(1001, "idle timeout".into());
                     }
-                    self.out.push_back(Frame::Ping(Bytes::new()));
+                    self.queue(Frame::Ping(Bytes::new()));
                 }
                 // The engine ends every session at shutdown; this only wakes the loop so a
                 // session blocked on a stuck write notices.
@@ -445,7 +459,7 @@ impl<'a> Connection<'a> {
                     self.reply_error_frame(wire::encode_error("invalid_ack", &e.to_string()));
                 }
             }
-            ClientFrame::Ping => self.out.push_back(Frame::text(wire::encode_pong())),
+            ClientFrame::Ping => self.queue(Frame::text(wire::encode_pong())),
             ClientFrame::Connect { .. } => self.reply_error_frame(wire::encode_error(
                 "already_connected",
                 "this connection already has a session",
@@ -459,15 +473,30 @@ impl<'a> Connection<'a> {
                 } else {
                     self.publish(request).await
                 };
-                self.out.push_back(Frame::text(reply));
+                self.queue(Frame::text(reply));
             }
         }
         None
     }
 
+    /// Queues a frame that is no delivery.
+    fn queue(&mut self, frame: Frame) {
+        self.out.push_back((frame, 0));
+    }
+
+    /// Records, for the deliveries just flushed, the time from their producer's call.
+    fn flushed(&mut self) {
+        if !self.written.is_empty() {
+            let now = self.shared.engine.now_us();
+            self.shared
+                .stats
+                .record_delivered(now, self.written.drain(..));
+        }
+    }
+
     fn reply_error_frame(&mut self, frame: String) {
         FrontStats::bump(&self.shared.stats.bad_frames);
-        self.out.push_back(Frame::text(frame));
+        self.queue(Frame::text(frame));
     }
 
     /// Publishes for the client; every publish is answered with a `publish_result` carrying
@@ -475,7 +504,7 @@ impl<'a> Connection<'a> {
     async fn publish(&self, request: wire::PublishRequest) -> String {
         let reference = request.reference.clone();
         let reference = reference.as_deref();
-        match publish_one(self.shared, request).await {
+        match publish_one(self.shared, request, None).await {
             Published::Outcome(outcome) => wire::encode_publish_result(reference, &outcome),
             Published::Invalid(e) => wire::encode_frame_error(&e),
             Published::BadInput(e) => wire::encode_invalid_input(&e, reference),
@@ -486,16 +515,21 @@ impl<'a> Connection<'a> {
 }
 
 /// Hands every queued frame to the socket and flushes. Cancel-safe: a frame leaves the
-/// queue only once the socket took it, and what the socket took stays buffered in order.
+/// queue only once the socket took it (its send stamp then goes to `written`), and what the
+/// socket took stays buffered in order.
 async fn pump(
     sink: &mut SplitSink<Socket, Frame>,
-    out: &mut VecDeque<Frame>,
+    out: &mut VecDeque<(Frame, u64)>,
+    written: &mut Vec<u64>,
     stats: &FrontStats,
 ) -> Result<(), WsError> {
     while !out.is_empty() {
         poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-        let frame = out.pop_front().expect("not empty");
+        let (frame, sent) = out.pop_front().expect("not empty");
         sink.start_send_unpin(frame)?;
+        if sent > 0 {
+            written.push(sent);
+        }
         FrontStats::bump(&stats.frames_out);
     }
     sink.flush().await

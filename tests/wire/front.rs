@@ -367,3 +367,35 @@ async fn http_publishes_are_limited_per_api_key() {
     .expect("an answer");
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn delivery_latency_is_measured_to_the_socket_write_with_the_inbox_wait_apart() {
+    let server = server(&[]).await;
+    let (mut raw, _) = Raw::connect(&server, "timed", None).await;
+    let outcome = crate::harness::publish_ok(&server, json!({"to": "timed", "data": 1})).await;
+    assert_eq!(outcome["outcome"], "delivered", "{outcome}");
+    assert_eq!(raw.next_message().await.raw_data(), "1");
+    // The frame is counted once the server's flush returned, which may be just after the
+    // client read it.
+    eventually("the write is counted", || async {
+        let stats = http(&server, "GET", "/api/stats", None, "").await.json();
+        stats["server"]["ws_send_to_write"]["count"] == 1
+    })
+    .await;
+    // Shards publish their histograms at most every millisecond, and at a barrier.
+    server.engine().barrier().await;
+    let stats = http(&server, "GET", "/api/stats", None, "").await.json();
+    assert_eq!(stats["engine"]["inbox_wait"]["count"], 1, "{stats}");
+    assert_eq!(
+        stats["engine"]["enqueue_to_delivery"]["count"], 1,
+        "{stats}"
+    );
+    let metrics = http(&server, "GET", "/metrics", None, "").await.body;
+    for series in [
+        "tether_ws_send_to_write_seconds_count 1",
+        "tether_inbox_wait_seconds_count 1",
+        "tether_enqueue_to_delivery_seconds_count 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+}
