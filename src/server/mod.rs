@@ -1,11 +1,15 @@
 //! The `tether` server: the engine behind a WebSocket front end (wire protocol v1, see
 //! `docs/protocol.md`) and an HTTP publish API, on one port.
 //!
-//! One tokio task accepts connections; hyper serves each one (HTTP/1.1) and hands `/ws`
-//! upgrades to `ws`, which runs one task per WebSocket session: it authenticates the
+//! One tokio task accepts connections, and `admit` gives each socket its slot against
+//! `max_connections` and `max_connections_per_ip` (or a refusal the client can read); `tls`
+//! runs the handshake when the port speaks TLS; hyper serves the connection (HTTP/1.1) over
+//! `linger`, which keeps reading after an early answer so the client can read it, and hands
+//! `/ws` upgrades to `ws`, which runs one task per WebSocket session: it authenticates the
 //! `connect` frame, attaches an engine [`Session`](crate::Session), writes deliveries in
 //! batches with one flush per batch, and feeds write outcomes to the session's circuit
-//! breaker. Everything that decides what a user receives stays in the engine.
+//! breaker. `rate` holds the publish rate limits, per user and per API key. Everything that
+//! decides what a user receives stays in the engine.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
