@@ -183,6 +183,27 @@ async fn a_bad_key_file_stops_the_server_at_start() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("bogus.pem"), "{err}");
+    // A certificate without its key does not start either.
+    let config = tether::server::config::ServerConfig::parse_from(
+        [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            SECRET,
+            "--api-key",
+            API_KEY,
+            "--tls-cert",
+            &cert,
+        ],
+        [("", ""); 0],
+    )
+    .expect("the settings parse");
+    let err = tether::server::Server::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("together"), "{err}");
 }
 
 #[test]
