@@ -377,6 +377,9 @@ pub struct Message {
     id: Option<MessageId>,
     ttl: Option<Duration>,
     stream: Option<Box<StreamPart>>,
+    /// When the producer handed it over, in µs on the engine's clock (0: not yet): where
+    /// the latency histograms start.
+    sent_us: u64,
 }
 
 impl Message {
@@ -388,7 +391,21 @@ impl Message {
             id: None,
             ttl: None,
             stream: None,
+            sent_us: 0,
         }
+    }
+
+    /// Marks when the producer handed the message over (the engine's clock, µs), unless it
+    /// already was: a front end stamps a request's arrival, before the engine's send does.
+    pub(crate) fn stamp_sent(&mut self, now_us: u64) {
+        if self.sent_us == 0 {
+            self.sent_us = now_us.max(1);
+        }
+    }
+
+    /// When the producer handed the message over (µs on the engine's clock), if stamped.
+    pub(crate) fn sent_us(&self) -> Option<u64> {
+        (self.sent_us > 0).then_some(self.sent_us)
     }
 
     /// Sets the priority.

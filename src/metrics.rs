@@ -229,6 +229,7 @@ pub(crate) struct ShardRecorder {
     pub(crate) gauges: Gauges,
     pub(crate) enqueue_to_delivery: LocalHistogram,
     pub(crate) delivery_to_ack: LocalHistogram,
+    pub(crate) inbox_wait: LocalHistogram,
     /// Whether latency histograms are recorded (counters and gauges always are).
     pub(crate) latency: bool,
 }
@@ -240,6 +241,7 @@ impl ShardRecorder {
             gauges: Gauges::default(),
             enqueue_to_delivery: LocalHistogram::new(),
             delivery_to_ack: LocalHistogram::new(),
+            inbox_wait: LocalHistogram::new(),
             latency,
         }
     }
@@ -251,6 +253,7 @@ pub(crate) struct ShardMetrics {
     gauges: [AtomicU64; Gauges::LEN],
     enqueue_to_delivery: SharedHistogram,
     delivery_to_ack: SharedHistogram,
+    inbox_wait: SharedHistogram,
 }
 
 impl ShardMetrics {
@@ -260,6 +263,7 @@ impl ShardMetrics {
             gauges: std::array::from_fn(|_| AtomicU64::new(0)),
             enqueue_to_delivery: SharedHistogram::new(),
             delivery_to_ack: SharedHistogram::new(),
+            inbox_wait: SharedHistogram::new(),
         }
     }
 
@@ -277,6 +281,7 @@ impl ShardMetrics {
         if histograms {
             self.enqueue_to_delivery.publish(&mut r.enqueue_to_delivery);
             self.delivery_to_ack.publish(&mut r.delivery_to_ack);
+            self.inbox_wait.publish(&mut r.inbox_wait);
         }
     }
 
@@ -299,6 +304,7 @@ impl ShardMetrics {
         self.enqueue_to_delivery
             .add_to(&mut into.enqueue_to_delivery);
         self.delivery_to_ack.add_to(&mut into.delivery_to_ack);
+        self.inbox_wait.add_to(&mut into.inbox_wait);
     }
 }
 
@@ -394,7 +400,8 @@ impl Histogram {
             .map(|(b, n)| (bucket_upper(b), *n))
     }
 
-    fn minus(&self, earlier: &Histogram) -> Histogram {
+    /// The samples recorded since `earlier` (a copy of the same histogram taken before).
+    pub(crate) fn minus(&self, earlier: &Histogram) -> Histogram {
         Histogram {
             buckets: self
                 .buckets
@@ -444,10 +451,14 @@ pub struct MetricsSnapshot {
     pub counters: Counters,
     /// Levels right now.
     pub gauges: Gauges,
-    /// Time from a message's acceptance to its entering a delivery window.
+    /// Time from the producer's call (`Engine::send` and its kin, or the arrival of the
+    /// HTTP request that published it) to the message's entering a delivery window.
     pub enqueue_to_delivery: Histogram,
     /// Time from a message's delivery to its acknowledgement.
     pub delivery_to_ack: Histogram,
+    /// Time a send waited in its shard's inbox: from the producer's call to the shard worker
+    /// taking it up.
+    pub inbox_wait: Histogram,
     /// The memory budget, bytes.
     pub memory_budget_bytes: u64,
 }
@@ -466,6 +477,7 @@ impl MetricsSnapshot {
             gauges: self.gauges,
             enqueue_to_delivery: self.enqueue_to_delivery.minus(&earlier.enqueue_to_delivery),
             delivery_to_ack: self.delivery_to_ack.minus(&earlier.delivery_to_ack),
+            inbox_wait: self.inbox_wait.minus(&earlier.inbox_wait),
             memory_budget_bytes: self.memory_budget_bytes,
         }
     }
@@ -673,8 +685,13 @@ impl MetricsSnapshot {
         for (name, help, hist) in [
             (
                 "enqueue_to_delivery_seconds",
-                "Time from acceptance to entering a delivery window.",
+                "Time from the producer's call to entering a delivery window.",
                 &self.enqueue_to_delivery,
+            ),
+            (
+                "inbox_wait_seconds",
+                "Time a send waited in its shard's inbox.",
+                &self.inbox_wait,
             ),
             (
                 "delivery_to_ack_seconds",
@@ -682,20 +699,26 @@ impl MetricsSnapshot {
                 &self.delivery_to_ack,
             ),
         ] {
-            let _ = writeln!(out, "# HELP tether_{name} {help}");
-            let _ = writeln!(out, "# TYPE tether_{name} histogram");
-            let mut cumulative = 0;
-            for (upper_us, n) in hist.buckets() {
-                cumulative += n;
-                let le = (upper_us + 1) as f64 / 1e6;
-                let _ = writeln!(out, "tether_{name}_bucket{{le=\"{le}\"}} {cumulative}");
-            }
-            let _ = writeln!(out, "tether_{name}_bucket{{le=\"+Inf\"}} {}", hist.count);
-            let _ = writeln!(out, "tether_{name}_sum {}", hist.sum_us as f64 / 1e6);
-            let _ = writeln!(out, "tether_{name}_count {}", hist.count);
+            write_histogram(&mut out, name, help, hist);
         }
         out
     }
+}
+
+/// Writes `hist` as the Prometheus histogram `tether_{name}`, in seconds (the front end's
+/// histograms too).
+pub(crate) fn write_histogram(out: &mut String, name: &str, help: &str, hist: &Histogram) {
+    let _ = writeln!(out, "# HELP tether_{name} {help}");
+    let _ = writeln!(out, "# TYPE tether_{name} histogram");
+    let mut cumulative = 0;
+    for (upper_us, n) in hist.buckets() {
+        cumulative += n;
+        let le = (upper_us + 1) as f64 / 1e6;
+        let _ = writeln!(out, "tether_{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "tether_{name}_bucket{{le=\"+Inf\"}} {}", hist.count);
+    let _ = writeln!(out, "tether_{name}_sum {}", hist.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "tether_{name}_count {}", hist.count);
 }
 
 /// A snapshot of one mailbox: one device of a user, from

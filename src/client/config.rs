@@ -32,6 +32,9 @@ pub struct ClientConfig {
     pub(super) max_pending_requests: usize,
     pub(super) resume: Option<ResumePoint>,
     pub(super) device: Option<String>,
+    /// For `wss://`: rustls trusting the given roots.
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -72,6 +75,9 @@ pub struct ClientBuilder {
     max_pending_requests: usize,
     resume: Option<ResumePoint>,
     device: Option<String>,
+    /// PEM texts of the roots `wss://` trusts.
+    #[cfg(feature = "tls")]
+    tls_roots: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -132,6 +138,8 @@ impl ClientBuilder {
             max_pending_requests: 256,
             resume: None,
             device: None,
+            #[cfg(feature = "tls")]
+            tls_roots: Vec::new(),
         }
     }
 
@@ -223,21 +231,44 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the root certificates in `pem` (one or more `CERTIFICATE` blocks) for
+    /// `wss://`: the server's certificate must chain to one of them and name the URL's host.
+    /// The client has no built-in roots, so `wss://` needs at least one. May be called
+    /// again to add more.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_roots.push(pem.into());
+        self
+    }
+
     /// Checks the settings.
     ///
-    /// The URL must be `ws://host[:port][/path]` (no TLS in this build); an empty path means
-    /// `/ws`.
+    /// The URL must be `ws://host[:port][/path]`, or `wss://` with the feature `tls` (on by
+    /// default) and a [root](Self::tls_root_pem) to trust; an empty path means `/ws`.
     ///
     /// ```
     /// use tether::client::Client;
     ///
     /// let config = Client::builder("ws://127.0.0.1:7700", "token").build().unwrap();
     /// assert_eq!(config.url(), "ws://127.0.0.1:7700/ws");
+    /// // wss:// without a root to trust:
     /// let err = Client::builder("wss://example.com/ws", "token").build().unwrap_err();
     /// assert_eq!(err.setting(), "url");
     /// ```
     pub fn build(self) -> Result<ClientConfig, ClientConfigError> {
-        let (url, host, port) = parse_url(&self.url)?;
+        let (url, host, port, secure) = parse_url(&self.url)?;
+        #[cfg(feature = "tls")]
+        let tls = match secure {
+            true => Some(tls_config(&self.url, &self.tls_roots)?),
+            false => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        if secure {
+            return Err(ClientConfigError::new(
+                "url",
+                format!("{:?}: wss:// needs the feature `tls`", self.url),
+            ));
+        }
         let positive = |setting, d: Duration| {
             if d.is_zero() {
                 Err(ClientConfigError::new(setting, "must be greater than 0"))
@@ -298,19 +329,57 @@ impl ClientBuilder {
             max_pending_requests: self.max_pending_requests,
             resume: self.resume,
             device: self.device,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 }
 
-/// `ws://host[:port][/path]` to (normalised URL, host to dial, port).
-fn parse_url(text: &str) -> Result<(String, String, u16), ClientConfigError> {
+/// rustls trusting exactly the roots in `pems`.
+#[cfg(feature = "tls")]
+fn tls_config(
+    url: &str,
+    pems: &[Vec<u8>],
+) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, ClientConfigError> {
+    use tokio_rustls::rustls::crypto::ring;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::{ClientConfig as Tls, RootCertStore};
+
+    let bad = |reason: String| ClientConfigError::new("tls_root_pem", reason);
+    let mut roots = RootCertStore::empty();
+    for pem in pems {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("not a usable root: {e}")))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(ClientConfigError::new(
+            "url",
+            format!("{url:?}: wss:// needs a root to trust (tls_root_pem); none is built in"),
+        ));
+    }
+    let mut config = Tls::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
+/// `ws://` or `wss://host[:port][/path]` to (normalised URL, host to dial, port, TLS).
+fn parse_url(text: &str) -> Result<(String, String, u16, bool), ClientConfigError> {
     let bad = |reason: &str| ClientConfigError::new("url", format!("{text:?}: {reason}"));
     let uri: Uri = text.parse().map_err(|_| bad("not a URL"))?;
-    match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => return Err(bad("wss:// needs TLS, which this client does not include")),
-        _ => return Err(bad("expected ws://host[:port][/path]")),
-    }
+    let (scheme, secure, default_port) = match uri.scheme_str() {
+        Some("ws") => ("ws", false, 80),
+        Some("wss") => ("wss", true, 443),
+        _ => return Err(bad("expected ws://host[:port][/path] or wss://")),
+    };
     let authority = uri.authority().ok_or_else(|| bad("no host"))?;
     if authority.as_str().contains('@') {
         return Err(bad(
@@ -321,7 +390,7 @@ fn parse_url(text: &str) -> Result<(String, String, u16), ClientConfigError> {
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(default_port);
     let path = match uri.path_and_query().map(|p| p.as_str()) {
         None | Some("") | Some("/") => "/ws",
         Some(p) => p,
@@ -330,7 +399,12 @@ fn parse_url(text: &str) -> Result<(String, String, u16), ClientConfigError> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    Ok((format!("ws://{authority}{path}"), dial_host, port))
+    Ok((
+        format!("{scheme}://{authority}{path}"),
+        dial_host,
+        port,
+        secure,
+    ))
 }
 
 #[cfg(test)]
@@ -370,22 +444,21 @@ mod tests {
             ),
             ("ws://localhost/", "ws://localhost/ws", "localhost", 80),
             ("ws://[::1]:9/x?y=1", "ws://[::1]:9/x?y=1", "::1", 9),
+            ("wss://h", "wss://h/ws", "h", 443),
         ];
         for (text, url, host, port) in ok {
             assert_eq!(
                 parse_url(text),
-                Ok((url.to_owned(), host.to_owned(), port)),
+                Ok((
+                    url.to_owned(),
+                    host.to_owned(),
+                    port,
+                    text.starts_with("wss")
+                )),
                 "{text}"
             );
         }
-        for bad in [
-            "",
-            "http://h/ws",
-            "wss://h/ws",
-            "ws://",
-            "ws://u:p@h/ws",
-            "h:1",
-        ] {
+        for bad in ["", "http://h/ws", "ws://", "ws://u:p@h/ws", "h:1"] {
             assert_eq!(parse_url(bad).map_err(|e| e.setting()), Err("url"), "{bad}");
         }
     }

@@ -1,4 +1,5 @@
-//! A Rust client for the tether server (wire protocol v1 over `ws://`): it connects,
+//! A Rust client for the tether server (wire protocol v1 over `ws://`, or `wss://` with the
+//! feature `tls` and [`ClientBuilder::tls_root_pem`]): it connects,
 //! reconnects by itself with backoff, resumes where the application left off, and
 //! acknowledges what the application has processed.
 //!
@@ -110,6 +111,7 @@
 //! | `api.rs` | [`Client`], [`ClientHandle`], [`Event`], [`Publish`]: what the application holds |
 //! | `config.rs` | [`ClientBuilder`] and the validated [`ClientConfig`] |
 //! | `task.rs` | the connection task: dialing, reading, acking, reconnecting |
+//! | `stream.rs` | the bytes under the WebSocket: TCP, or TLS over TCP for `wss://` |
 //! | `frame.rs` | the frames, from the client's side: decoding the server's, encoding its own |
 //! | `error.rs` | [`ClientError`] and the request errors; what a close code means |
 
@@ -120,6 +122,7 @@ mod channel;
 mod config;
 mod error;
 mod frame;
+mod stream;
 mod task;
 
 pub use api::{Client, ClientHandle, Publish};

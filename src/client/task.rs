@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -21,6 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::channel::{Command, Envelope, Shared};
 use super::error::retry_after_of;
 use super::frame;
+use super::stream::{self, Stream};
 use super::{
     decode_server_frame, ClientConfig, ClientError, ConnectedInfo, Disconnect, Event,
     PublishOutcome, RequestError, ServerFrame,
@@ -30,7 +30,7 @@ use crate::protocol::{
 };
 use crate::{Backoff, Epoch, ResumePoint};
 
-pub(super) type Socket = WebSocketStream<TcpStream>;
+pub(super) type Socket = WebSocketStream<Stream>;
 
 /// A connection that stayed up this long was a success: the backoff starts over.
 const STABLE_AFTER: Duration = Duration::from_secs(2);
@@ -53,12 +53,10 @@ pub(super) async fn dial(
 ) -> Result<(Socket, ConnectedInfo), ClientError> {
     let max = config.max_frame_bytes;
     let attempt = async {
-        let tcp = TcpStream::connect((config.host.as_str(), config.port)).await?;
-        // Acks and pings are tiny and latency matters more than packet count.
-        tcp.set_nodelay(true)?;
+        let stream = stream::connect(config).await?;
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(
             config.url.as_str(),
-            tcp,
+            stream,
             Some(config.ws_config()),
         )
         .await

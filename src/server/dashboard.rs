@@ -91,8 +91,12 @@ impl Dashboard {
     }
 
     /// Takes one sample: the change since the previous one becomes a point of the ring.
-    fn sample(&self, engine: &Engine) {
-        let snapshot = engine.metrics();
+    /// `send_to_write` is the front end's histogram as it is now.
+    fn sample(&self, engine: &Engine, send_to_write: Histogram) {
+        let snapshot = Sample {
+            engine: engine.metrics(),
+            send_to_write,
+        };
         let at = Instant::now();
         let rss = rss_bytes();
         let mut h = lock(&self.history);
@@ -143,10 +147,16 @@ struct Deepest {
     users: Vec<(UserId, usize, usize)>,
 }
 
+/// What a sample takes: the engine's metrics and the front end's latency histogram.
+struct Sample {
+    engine: MetricsSnapshot,
+    send_to_write: Histogram,
+}
+
 #[derive(Default)]
 struct History {
     /// The previous sample, to diff the next against.
-    last: Option<(Instant, MetricsSnapshot)>,
+    last: Option<(Instant, Sample)>,
     points: VecDeque<Point>,
 }
 
@@ -158,7 +168,12 @@ struct Point {
     interval_ms: u64,
     /// Per second over the interval.
     rates: Rates,
+    /// From the producer's call to entering the delivery window (the engine).
     enqueue_to_delivery: Latency,
+    /// From the producer's call to the shard taking the send up.
+    inbox_wait: Latency,
+    /// From the producer's call to the frame flushed to the WebSocket.
+    send_to_write: Latency,
     delivery_to_ack: Latency,
     held_bytes: u64,
     rss_bytes: Option<u64>,
@@ -197,13 +212,10 @@ impl Latency {
 }
 
 impl Point {
-    fn between(
-        now: &MetricsSnapshot,
-        then: &MetricsSnapshot,
-        interval: Duration,
-        rss_bytes: Option<u64>,
-    ) -> Self {
-        let d = now.diff(then);
+    fn between(now: &Sample, then: &Sample, interval: Duration, rss_bytes: Option<u64>) -> Self {
+        let d = now.engine.diff(&then.engine);
+        let written = now.send_to_write.minus(&then.send_to_write);
+        let now = &now.engine;
         let secs = interval.as_secs_f64().max(1e-3);
         let per_sec = |n: u64| (n as f64 / secs * 100.0).round() / 100.0;
         let c = &d.counters;
@@ -223,6 +235,8 @@ impl Point {
                 rejected: per_sec(c.rejected),
             },
             enqueue_to_delivery: Latency::of(&d.enqueue_to_delivery),
+            inbox_wait: Latency::of(&d.inbox_wait),
+            send_to_write: Latency::of(&written),
             delivery_to_ack: Latency::of(&d.delivery_to_ack),
             held_bytes: now.gauges.held_bytes,
             rss_bytes,
@@ -248,7 +262,9 @@ pub(crate) async fn sampler(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        shared.dashboard.sample(&shared.engine);
+        shared
+            .dashboard
+            .sample(&shared.engine, shared.stats.send_to_write());
     }
 }
 
@@ -928,6 +944,16 @@ mod tests {
         now.counters.sent = 50;
         now.counters.evicted = 5;
         now.gauges.held_bytes = 7;
+        let then = Sample {
+            engine: then,
+            send_to_write: Histogram::default(),
+        };
+        let mut written = Histogram::default();
+        written.record(30);
+        let now = Sample {
+            engine: now,
+            send_to_write: written,
+        };
         let p = Point::between(&now, &then, Duration::from_secs(5), Some(1));
         assert_eq!(
             (p.rates.sent, p.rates.dropped, p.rates.evicted),
@@ -935,6 +961,10 @@ mod tests {
         );
         assert_eq!(p.enqueue_to_delivery.count, 0);
         assert_eq!(p.enqueue_to_delivery.p99_us, None);
+        assert_eq!(
+            (p.send_to_write.count, p.send_to_write.p99_us),
+            (1, Some(30))
+        );
         assert_eq!(
             (p.held_bytes, p.rss_bytes, p.interval_ms),
             (7, Some(1), 5000)

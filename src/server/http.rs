@@ -7,22 +7,25 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::admit::Ticket;
 use super::config::ServerConfig;
+use super::linger::Linger;
 use super::response::{error, json, text, try_later, unauthorized, Body};
 use super::ws::{self, Upgrade};
-use super::{dashboard, devices, publish_one, Published, Shared};
+use super::{dashboard, devices, publish_one, FrontStats, Published, Shared};
 
 /// What a route that needs the API key answers without it.
 const API_KEY_REQUIRED: &str = "a valid `Authorization: Bearer <api key>` is required";
@@ -105,49 +108,91 @@ const ROUTES: &[Route] = &[
     },
 ];
 
-/// Serves one TCP connection: HTTP requests until it closes, or a WebSocket after an upgrade.
-pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let upgrade: Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade)>>> = Arc::default();
+/// What one connection's requests share.
+struct Conn {
+    shared: Arc<Shared>,
+    upgrade: Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade)>>,
+    /// Past `max_connections` or `max_connections_per_ip`: every request is refused.
+    refused: bool,
+    /// Set when an answer leaves part of a body unread: the close then lingers.
+    linger: Arc<AtomicBool>,
+}
+
+/// Serves one connection (TCP or TLS): HTTP requests until it closes, or a WebSocket after an
+/// upgrade. `ticket` is the socket's slot, given back when this returns; on a refused ticket
+/// every request is answered with a refusal, and the connection closes after one.
+pub(crate) async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    ticket: Ticket,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let refused = ticket.is_refused();
+    let c = &shared.config;
+    let io = Linger::new(stream, c.linger_bytes, c.linger_time);
+    let conn = Arc::new(Conn {
+        shared: shared.clone(),
+        upgrade: Mutex::default(),
+        refused,
+        linger: io.armer(),
+    });
     let service = {
-        let (shared, upgrade) = (shared.clone(), upgrade.clone());
+        let conn = conn.clone();
         hyper::service::service_fn(move |req| {
-            let (shared, upgrade) = (shared.clone(), upgrade.clone());
-            async move { Ok::<_, Infallible>(route(req, &shared, &upgrade).await) }
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(route(req, &conn).await) }
         })
     };
-    let conn = hyper::server::conn::http1::Builder::new()
+    let http = hyper::server::conn::http1::Builder::new()
         // A client that opens a connection and never finishes its request headers is
-        // dropped after the time a WebSocket client has for its connect frame.
+        // dropped after `header_timeout`, however slowly it trickles them in.
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(shared.config.connect_timeout)
-        .max_buf_size(shared.config.max_body_bytes.max(16 * 1024) + 8 * 1024)
-        .serve_connection(TokioIo::new(stream), service)
+        .header_read_timeout(c.header_timeout)
+        .max_buf_size(c.max_body_bytes.max(16 * 1024) + 8 * 1024)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    tokio::pin!(conn);
+    tokio::pin!(http);
     let served = tokio::select! {
-        r = conn.as_mut() => r,
+        r = http.as_mut() => r,
         _ = shared.stopped() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
+            http.as_mut().graceful_shutdown();
+            http.as_mut().await
         }
     };
     if let Err(e) = served {
+        if e.is_timeout() {
+            FrontStats::bump(&shared.stats.header_timeouts);
+        }
         tracing::debug!(%peer, error = %e, "http connection ended");
     }
-    let pending = upgrade.lock().ok().and_then(|mut u| u.take());
+    let pending = conn.upgrade.lock().ok().and_then(|mut u| u.take());
     if let Some((on_upgrade, kind)) = pending {
         match on_upgrade.await {
-            Ok(upgraded) => ws::serve(TokioIo::new(upgraded), peer, kind, shared).await,
+            Ok(upgraded) => ws::serve(TokioIo::new(upgraded), peer, kind, refused, shared).await,
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
         }
     }
+    // The socket is closed by now (or handed on and closed by `ws`): its slot goes back.
+    drop(ticket);
 }
 
-async fn route(
-    req: Request<Incoming>,
-    shared: &Arc<Shared>,
-    upgrade: &Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade)>>,
-) -> Response<Body> {
+/// Answers one request, and arms the lingering close when the answer is a refusal that may
+/// leave part of the body unread.
+async fn route(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
+    let has_body = !req.body().is_end_stream();
+    let arrived_us = conn.shared.engine.now_us();
+    let response = dispatch(req, conn, arrived_us).await;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        conn.linger.store(true, Ordering::Relaxed);
+    }
+    response
+}
+
+async fn dispatch(req: Request<Incoming>, conn: &Conn, arrived_us: u64) -> Response<Body> {
+    let (shared, upgrade) = (&conn.shared, &conn.upgrade);
     let path = req.uri().path();
     let served = |r: &&Route| r.path == path && (r.served)(&shared.config);
     let Some(route) = ROUTES.iter().find(served) else {
@@ -156,10 +201,17 @@ async fn route(
     let Some(&(_, handler)) = route.methods.iter().find(|(m, _)| m == req.method()) else {
         return method_not_allowed(route);
     };
+    if conn.refused && !matches!(handler, Handler::WebSocket(_)) {
+        // A WebSocket is refused once upgraded, with 4100, which its client understands.
+        let mut r = try_later("too many connections");
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     match handler {
         Handler::WebSocket(kind) => websocket(req, shared, upgrade, kind),
-        Handler::Publish => publish(req, shared, false).await,
-        Handler::PublishBatch => publish(req, shared, true).await,
+        Handler::Publish => publish(req, shared, false, arrived_us).await,
+        Handler::PublishBatch => publish(req, shared, true, arrived_us).await,
         Handler::Metrics => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -278,8 +330,10 @@ fn websocket(
     r
 }
 
-/// Reads a body of at most `max_body_bytes` as UTF-8, or answers the error.
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<String, Response<Body>> {
+/// Reads a body of at most `max_body_bytes` within `body_timeout` as UTF-8, or answers the
+/// error.
+async fn read_body(req: Request<Incoming>, shared: &Shared) -> Result<String, Response<Body>> {
+    let max = shared.config.max_body_bytes;
     let too_big = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -287,14 +341,20 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<String, Respons
             &format!("the body is larger than the limit of {max} bytes"),
         )
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared_too_big(&req, max) {
         return Err(too_big());
     }
-    let body = match Limited::new(req.into_body(), max).collect().await {
+    let limit = shared.config.body_timeout;
+    let collect = Limited::new(req.into_body(), max).collect();
+    let Ok(collected) = tokio::time::timeout(limit, collect).await else {
+        FrontStats::bump(&shared.stats.body_timeouts);
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            &format!("the body did not arrive within {limit:?}"),
+        ));
+    };
+    let body = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_big()),
         Err(_) => {
@@ -314,7 +374,22 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<String, Respons
     })
 }
 
-async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Response<Body> {
+/// Whether the request's `Content-Length` already says it is over `max`.
+fn declared_too_big(req: &Request<Incoming>, max: usize) -> bool {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    declared.is_some_and(|n| n > max as u64)
+}
+
+/// `arrived_us`: when the request arrived, where its messages' delivery latency starts.
+async fn publish(
+    req: Request<Incoming>,
+    shared: &Shared,
+    batch: bool,
+    arrived_us: u64,
+) -> Response<Body> {
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -325,7 +400,14 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
     if shared.is_stopping() {
         return try_later("the server is shutting down");
     }
-    let body = match read_body(req, shared.config.max_body_bytes).await {
+    // A single publish is one message: refused before its body is read (but a body that
+    // is too big anyway is answered 413 at no cost to the rate).
+    if !batch && !declared_too_big(&req, shared.config.max_body_bytes) {
+        if let Some(refusal) = take_http_tokens(shared, 1) {
+            return refusal;
+        }
+    }
+    let body = match read_body(req, shared).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -334,7 +416,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
             Ok(r) => r,
             Err(e) => return frame_error(&e),
         };
-        return match publish_one(shared, request).await {
+        return match publish_one(shared, request, Some(arrived_us)).await {
             Published::Outcome(o) => json(StatusCode::OK, protocol::encode_publish_outcome(&o)),
             Published::Invalid(e) => frame_error(&e),
             Published::BadInput(e @ InvalidInput::PayloadTooLarge { .. }) => error(
@@ -355,6 +437,12 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
         Ok(r) => r,
         Err(e) => return frame_error(&e),
     };
+    let n = u32::try_from(requests.len()).unwrap_or(u32::MAX);
+    if n > 0 {
+        if let Some(refusal) = take_http_tokens(shared, n) {
+            return refusal;
+        }
+    }
     let mut out = String::with_capacity(16 + requests.len() * 48);
     out.push_str("{\"results\":[");
     for (i, request) in requests.into_iter().enumerate() {
@@ -363,7 +451,7 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
         }
         let item = match request {
             Err(e) => item_error(e.code(), &e.to_string()),
-            Ok(r) => match publish_one(shared, r).await {
+            Ok(r) => match publish_one(shared, r, Some(arrived_us)).await {
                 Published::Outcome(o) => protocol::encode_publish_outcome(&o),
                 Published::Invalid(e) => item_error(e.code(), &e.to_string()),
                 Published::BadInput(e) => {
@@ -379,6 +467,39 @@ async fn publish(req: Request<Incoming>, shared: &Shared, batch: bool) -> Respon
     json(StatusCode::OK, out)
 }
 
+/// Takes `n` messages' worth of the API key's publish rate; otherwise the refusal: 429 with
+/// `Retry-After` (whole seconds, at least 1), or 413 for more than a whole burst.
+fn take_http_tokens(shared: &Shared, n: u32) -> Option<Response<Body>> {
+    let (rate, bucket) = &shared.http_rate;
+    let refuse = |message: &str, wait: Duration| {
+        FrontStats::bump(&shared.stats.http_rate_limited);
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        r
+    };
+    if !rate.fits(n) {
+        // Waiting would not help: the client must split the batch.
+        let message = format!(
+            "a batch of {n} messages is more than http_publish_burst ({}) allows at once",
+            shared.config.http_publish_burst
+        );
+        return Some(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &message,
+        ));
+    }
+    let taken = bucket
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(n, *rate, Instant::now());
+    taken
+        .err()
+        .map(|wait| refuse("over http_publish_rate for this API key", wait))
+}
+
 fn item_error(code: &str, message: &str) -> String {
     serde_json::json!({"error": {"code": code, "message": message}}).to_string()
 }
@@ -391,8 +512,16 @@ fn metrics_text(shared: &Shared) -> String {
             "# HELP tether_{name} {help}\n# TYPE tether_{name} {kind}\ntether_{name} {value}\n"
         ));
     }
+    let (name, help) = SEND_TO_WRITE;
+    crate::metrics::write_histogram(&mut out, name, help, &shared.stats.send_to_write());
     out
 }
+
+/// The front end's latency histogram: its Prometheus name and help.
+const SEND_TO_WRITE: (&str, &str) = (
+    "ws_send_to_write_seconds",
+    "Time from a delivery's producer call (Engine::send, or the arrival of the HTTP publish) to its frame written and flushed to the WebSocket.",
+);
 
 fn stats_json(shared: &Shared) -> String {
     let engine: serde_json::Value =
@@ -401,6 +530,9 @@ fn stats_json(shared: &Shared) -> String {
         .into_iter()
         .map(|(name, _, _, v)| (name.to_owned(), v.into()))
         .collect();
+    let mut front = front;
+    let latency = serde_json::to_value(shared.stats.send_to_write()).unwrap_or_default();
+    front.insert("ws_send_to_write".to_owned(), latency);
     serde_json::json!({"engine": engine, "server": front}).to_string()
 }
 
@@ -409,8 +541,50 @@ fn front_series(shared: &Shared) -> Vec<(&'static str, &'static str, &'static st
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     vec![
         (
+            "connections",
+            "Sockets open that count against max_connections: HTTP, /echo and WebSocket.",
+            "gauge",
+            shared.admission.open() as u64,
+        ),
+        (
+            "connections_refused_total",
+            "Sockets past max_connections or max_connections_per_ip, answered 503 or 4100.",
+            "counter",
+            get(&s.sockets_refused),
+        ),
+        (
+            "connections_dropped_total",
+            "Sockets past the limits closed unanswered, with 64 refusals already under way.",
+            "counter",
+            get(&s.sockets_dropped),
+        ),
+        (
+            "header_timeouts_total",
+            "Connections closed because a request's headers or the TLS handshake took longer than header_timeout.",
+            "counter",
+            get(&s.header_timeouts),
+        ),
+        (
+            "body_timeouts_total",
+            "Requests answered 408 because the body took longer than body_timeout.",
+            "counter",
+            get(&s.body_timeouts),
+        ),
+        (
+            "tls_handshake_failures_total",
+            "TLS handshakes that failed.",
+            "counter",
+            get(&s.tls_handshake_failures),
+        ),
+        (
+            "http_rate_limited_total",
+            "HTTP publishes answered 429 (http_publish_rate).",
+            "counter",
+            get(&s.http_rate_limited),
+        ),
+        (
             "ws_connections",
-            "WebSocket connections open.",
+            "WebSocket sessions open.",
             "gauge",
             shared.connections.load(Ordering::Relaxed) as u64,
         ),
@@ -446,7 +620,7 @@ fn front_series(shared: &Shared) -> Vec<(&'static str, &'static str, &'static st
         ),
         (
             "ws_rate_limited_total",
-            "Client publishes refused by the per-connection rate.",
+            "Client publishes refused by the per-user rate (publish_rate).",
             "counter",
             get(&s.rate_limited),
         ),

@@ -1,11 +1,15 @@
 //! The `tether` server: the engine behind a WebSocket front end (wire protocol v1, see
 //! `docs/protocol.md`) and an HTTP publish API, on one port.
 //!
-//! One tokio task accepts connections; hyper serves each one (HTTP/1.1) and hands `/ws`
-//! upgrades to `ws`, which runs one task per WebSocket session: it authenticates the
+//! One tokio task accepts connections, and `admit` gives each socket its slot against
+//! `max_connections` and `max_connections_per_ip` (or a refusal the client can read); `tls`
+//! runs the handshake when the port speaks TLS; hyper serves the connection (HTTP/1.1) over
+//! `linger`, which keeps reading after an early answer so the client can read it, and hands
+//! `/ws` upgrades to `ws`, which runs one task per WebSocket session: it authenticates the
 //! `connect` frame, attaches an engine [`Session`](crate::Session), writes deliveries in
 //! batches with one flush per batch, and feeds write outcomes to the session's circuit
-//! breaker. Everything that decides what a user receives stays in the engine.
+//! breaker. `rate` holds the publish rate limits, per user and per API key. Everything that
+//! decides what a user receives stays in the engine.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -25,17 +29,22 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod admit;
 pub mod auth;
 pub mod config;
 mod dashboard;
 mod devices;
 mod http;
+mod linger;
+mod rate;
 mod response;
+mod tls;
 mod ws;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -45,8 +54,10 @@ use tokio::task::JoinSet;
 
 use crate::protocol::{FrameError, PublishRequest};
 use crate::{Engine, InvalidInput, SendOutcome, ShutdownOptions, ShutdownReport, TrySendError};
+use admit::{Admission, Ticket};
 use auth::{ApiKey, JwtVerifier};
 use config::ServerConfig;
+pub use tls::TlsError;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -69,6 +80,12 @@ pub enum ServerError {
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// [`Server::reload_tls`] on a server without TLS.
+    #[error("the server runs without TLS: nothing to reload")]
+    NoTls,
 }
 
 /// What every connection task shares.
@@ -77,8 +94,16 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) verifier: JwtVerifier,
     pub(crate) api_key: ApiKey,
-    /// WebSocket connections open now (counted against `max_connections`).
+    /// WebSocket sessions open now.
     pub(crate) connections: AtomicUsize,
+    /// Every accepted socket, counted against `max_connections` and `max_connections_per_ip`.
+    pub(crate) admission: Arc<Admission>,
+    /// The certificate, when the port speaks TLS.
+    tls: Option<tls::Tls>,
+    /// WebSocket publishes, per user.
+    pub(crate) user_rate: rate::PerUser,
+    /// HTTP publishes, for the one API key.
+    pub(crate) http_rate: (rate::Rate, Mutex<rate::Bucket>),
     pub(crate) stats: FrontStats,
     /// The dashboard's state, with the registry of sessions whose breaker is open.
     pub(crate) dashboard: dashboard::Dashboard,
@@ -95,14 +120,40 @@ pub(crate) struct FrontStats {
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
+    pub(crate) http_rate_limited: AtomicU64,
+    pub(crate) sockets_refused: AtomicU64,
+    pub(crate) sockets_dropped: AtomicU64,
+    pub(crate) header_timeouts: AtomicU64,
+    pub(crate) body_timeouts: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) write_timeouts: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) frames_in: AtomicU64,
+    /// From a delivery's producer call (or HTTP request arrival) to its frame flushed to
+    /// the socket, µs.
+    send_to_write: Mutex<crate::Histogram>,
 }
 
 impl FrontStats {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records deliveries flushed to a socket at `now_us`, each from its send stamp. One
+    /// lock per flush (a batch of up to 64 frames), not per frame.
+    pub(crate) fn record_delivered(&self, now_us: u64, sent: impl Iterator<Item = u64>) {
+        let mut h = self.send_to_write.lock().unwrap_or_else(|p| p.into_inner());
+        for at in sent {
+            h.record(now_us.saturating_sub(at));
+        }
+    }
+
+    /// The send-to-write histogram as it is now.
+    pub(crate) fn send_to_write(&self) -> crate::Histogram {
+        self.send_to_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -155,9 +206,33 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::Tls::load(Path::new(cert), Path::new(key))?),
+            (None, None) => None,
+            (Some(path), None) | (None, Some(path)) => {
+                return Err(ServerError::Tls(TlsError {
+                    path: path.into(),
+                    reason: "tls_cert and tls_key must be given together".into(),
+                }))
+            }
+        };
         let (stop, stopping) = watch::channel(false);
+        let now = Instant::now();
+        let http_rate = rate::Rate::new(config.http_publish_rate, config.http_publish_burst);
         let shared = Arc::new(Shared {
             engine,
+            admission: Arc::new(Admission::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+            )),
+            tls,
+            // A user needs a bucket while connected and for `burst / rate` seconds after its
+            // last publish: twice the connections leaves room for that churn.
+            user_rate: rate::PerUser::new(
+                rate::Rate::new(config.publish_rate, config.publish_burst),
+                config.max_connections.saturating_mul(2),
+            ),
+            http_rate: (http_rate, Mutex::new(http_rate.full(now))),
             config,
             verifier,
             api_key,
@@ -167,10 +242,15 @@ impl Server {
             stopping,
         });
         let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
-        tracing::info!(%addr, "tether listening");
+        let scheme = if shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, scheme, "tether listening");
         if shared.config.dashboard_enabled() {
             tokio::spawn(dashboard::sampler(Arc::downgrade(&shared)));
-            tracing::info!(url = %format!("http://{addr}/dashboard"), "dashboard on");
+            tracing::info!(url = %format!("{scheme}://{addr}/dashboard"), "dashboard on");
         }
         Ok(Server {
             shared,
@@ -193,9 +273,25 @@ impl Server {
         &self.shared.engine
     }
 
-    /// WebSocket connections open now.
+    /// WebSocket sessions open now (`/echo` not counted).
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Sockets open now that count against `max_connections`: HTTP, `/echo` and WebSocket,
+    /// lingering ones included; not the ones being refused.
+    pub fn sockets(&self) -> usize {
+        self.shared.admission.open()
+    }
+
+    /// Reads `tls_cert` and `tls_key` again (the binary does on SIGHUP): handshakes from now
+    /// on present the new certificate, and connections already open keep theirs. On an
+    /// error the certificate in use stays.
+    pub fn reload_tls(&self) -> Result<(), ServerError> {
+        match &self.shared.tls {
+            Some(tls) => Ok(tls.reload()?),
+            None => Err(ServerError::NoTls),
+        }
     }
 
     /// Shuts down gracefully: stops accepting, shuts the engine down (pending messages are
@@ -248,8 +344,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinSet<()> 
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(ticket) = shared.admission.admit(peer.ip()) else {
+                        FrontStats::bump(&shared.stats.sockets_dropped);
+                        continue;
+                    };
+                    if ticket.is_refused() {
+                        FrontStats::bump(&shared.stats.sockets_refused);
+                    }
                     let _ = stream.set_nodelay(true);
-                    tasks.spawn(http::serve_connection(stream, peer, shared.clone()));
+                    tasks.spawn(accept(stream, peer, ticket, shared.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -262,6 +365,31 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> JoinSet<()> 
     tasks
 }
 
+/// Finishes the TLS handshake, if the port speaks TLS, within `header_timeout`, then serves
+/// the connection. The ticket (the socket's slot) is held until the socket closes.
+async fn accept(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+    shared: Arc<Shared>,
+) {
+    let Some(tls) = &shared.tls else {
+        return http::serve_connection(stream, peer, ticket, shared).await;
+    };
+    let handshake = tls.acceptor().accept(stream);
+    match tokio::time::timeout(shared.config.header_timeout, handshake).await {
+        Ok(Ok(stream)) => http::serve_connection(stream, peer, ticket, shared.clone()).await,
+        Ok(Err(e)) => {
+            FrontStats::bump(&shared.stats.tls_handshake_failures);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            FrontStats::bump(&shared.stats.header_timeouts);
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
 /// What became of one publish request, over HTTP or WebSocket.
 pub(crate) enum Published {
     Outcome(SendOutcome),
@@ -271,12 +399,21 @@ pub(crate) enum Published {
     Stopping,
 }
 
-/// Hands one decoded publish to the engine and waits for its outcome.
-pub(crate) async fn publish_one(shared: &Shared, request: PublishRequest) -> Published {
-    let (user, message) = match request.into_message() {
+/// Hands one decoded publish to the engine and waits for its outcome. `arrived_us` is when
+/// its HTTP request arrived (the engine's clock): the latency of its delivery counts from
+/// there; without it, from this call.
+pub(crate) async fn publish_one(
+    shared: &Shared,
+    request: PublishRequest,
+    arrived_us: Option<u64>,
+) -> Published {
+    let (user, mut message) = match request.into_message() {
         Ok(m) => m,
         Err(e) => return Published::Invalid(e),
     };
+    if let Some(at) = arrived_us {
+        message.stamp_sent(at);
+    }
     match shared.engine.try_send_confirmed(&user, message) {
         Ok(pending) => match pending.await {
             Ok(outcome) => Published::Outcome(outcome),
@@ -289,26 +426,35 @@ pub(crate) async fn publish_one(shared: &Shared, request: PublishRequest) -> Pub
 }
 
 /// Runs the server with `config` until SIGINT or SIGTERM, then shuts down gracefully within
-/// `shutdown_timeout` and returns `Ok(())`.
+/// `shutdown_timeout` and returns `Ok(())`. SIGHUP reads the TLS files again.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let server = Server::start(config).await?;
-    wait_for_signal().await?;
+    wait_for_signal(&server).await?;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
 }
 
+/// Waits for SIGINT or SIGTERM; on SIGHUP meanwhile, reads the TLS files again.
 #[cfg(unix)]
-async fn wait_for_signal() -> Result<(), ServerError> {
+async fn wait_for_signal(server: &Server) -> Result<(), ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.map_err(ServerError::Signals),
-        _ = term.recv() => Ok(()),
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.map_err(ServerError::Signals),
+            _ = term.recv() => return Ok(()),
+            _ = hangup.recv() => match server.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(ServerError::NoTls) => tracing::info!("SIGHUP: no TLS, nothing to reload"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the TLS files were not reloaded; the certificate in use stays"),
+            },
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> Result<(), ServerError> {
+async fn wait_for_signal(_: &Server) -> Result<(), ServerError> {
     tokio::signal::ctrl_c().await.map_err(ServerError::Signals)
 }

@@ -45,27 +45,29 @@ const BATCH: usize = 64;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs a WebSocket on an upgraded connection until it ends.
+/// Runs a WebSocket on an upgraded connection until it ends; one whose socket was past
+/// `max_connections` or `max_connections_per_ip` (`refused`) is closed with 4100 at once.
 pub(crate) async fn serve(
     io: TokioIo<hyper::upgrade::Upgraded>,
     peer: SocketAddr,
     kind: Upgrade,
+    refused: bool,
     shared: Arc<Shared>,
 ) {
     let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&shared))).await;
+    if refused {
+        FrontStats::bump(&shared.stats.refused_overload);
+        let mut conn = Connection::new(socket, &shared);
+        conn.close(CloseCode::Library(wire::CLOSE_TRY_LATER), &try_later())
+            .await;
+        return;
+    }
     match kind {
         Upgrade::Echo => echo(socket).await,
         Upgrade::Session => {
-            let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+            shared.connections.fetch_add(1, Ordering::AcqRel);
             FrontStats::bump(&shared.stats.connections_total);
-            let mut conn = Connection::new(socket, &shared);
-            if open > shared.config.max_connections {
-                FrontStats::bump(&shared.stats.refused_overload);
-                conn.close(CloseCode::Library(wire::CLOSE_TRY_LATER), &try_later())
-                    .await;
-            } else {
-                conn.run(peer).await;
-            }
+            Connection::new(socket, &shared).run(peer).await;
             shared.connections.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -107,38 +109,6 @@ async fn echo(mut socket: Socket) {
     }
 }
 
-/// A per-connection token bucket for client publishes.
-struct RateLimit {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn new(per_sec: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            per_sec: f64::from(per_sec),
-            at: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// How a session loop ended.
 enum Ending {
     /// The client closed cleanly.
@@ -152,8 +122,11 @@ enum Ending {
 struct Connection<'a> {
     sink: SplitSink<Socket, Frame>,
     stream: SplitStream<Socket>,
-    /// Frames accepted for writing and not yet handed to the socket, in order.
-    out: VecDeque<Frame>,
+    /// Frames accepted for writing and not yet handed to the socket, in order, each with
+    /// its message's send stamp (µs on the engine's clock; 0 for frames that carry none).
+    out: VecDeque<(Frame, u64)>,
+    /// Send stamps of deliveries handed to the socket and not yet flushed.
+    written: Vec<u64>,
     shared: &'a Shared,
     last_inbound: Instant,
 }
@@ -165,6 +138,7 @@ impl<'a> Connection<'a> {
             sink,
             stream,
             out: VecDeque::new(),
+            written: Vec::new(),
             shared,
             last_inbound: Instant::now(),
         }
@@ -179,11 +153,19 @@ impl<'a> Connection<'a> {
         let ending = self.serve(&mut session, expires_at).await;
         // Frames still queued (deliveries before a replace or a shutdown) go out first.
         let limit = self.shared.config.write_timeout;
-        let _ = tokio::time::timeout(
+        let last = tokio::time::timeout(
             limit,
-            pump(&mut self.sink, &mut self.out, &self.shared.stats),
+            pump(
+                &mut self.sink,
+                &mut self.out,
+                &mut self.written,
+                &self.shared.stats,
+            ),
         )
         .await;
+        if let Ok(Ok(())) = last {
+            self.flushed();
+        }
         match ending {
             Ending::ClientClosed => session.close(CloseReason::Normal),
             Ending::Broken => session.close(CloseReason::Abnormal),
@@ -266,7 +248,7 @@ impl<'a> Connection<'a> {
         };
         match connected {
             Ok(session) => {
-                self.out.push_back(Frame::text(wire::encode_connected(
+                self.queue(Frame::text(wire::encode_connected(
                     session.user(),
                     session.device(),
                     session.info(),
@@ -383,7 +365,6 @@ impl<'a> Connection<'a> {
         let mut ticker = tokio::time::interval(c.ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.reset();
-        let mut rate = RateLimit::new(c.publish_rate, c.publish_burst);
         let stopped = self.shared.stopped();
         tokio::pin!(stopped);
         // `stopped` also resolves when the server is dropped without a shutdown (the flag
@@ -418,7 +399,7 @@ impl<'a> Connection<'a> {
                     self.last_inbound = Instant::now();
                     match read {
                         Some(Ok(Frame::Text(t))) => {
-                            if let Some(ending) = self.on_text(Bytes::from(t), session, &mut rate).await {
+                            if let Some(ending) = self.on_text(Bytes::from(t), session).await {
                                 return ending;
                             }
                         }
@@ -429,12 +410,13 @@ impl<'a> Connection<'a> {
                 wrote = tokio::time::timeout_at(
                     // Only polled while writing, when the deadline is set.
                     write_deadline.unwrap_or_else(tokio::time::Instant::now),
-                    pump(&mut self.sink, &mut self.out, &self.shared.stats),
+                    pump(&mut self.sink, &mut self.out, &mut self.written, &self.shared.stats),
                 ), if writing => {
                     write_deadline = None;
                     match wrote {
                         Ok(Ok(())) => {
                             unflushed = false;
+                            self.flushed();
                             if failing {
                                 let t = session.report_delivery_success();
                                 breaker.saw(t, session.user(), session.breaker_cell());
@@ -460,7 +442,8 @@ impl<'a> Connection<'a> {
                         batch.push(d);
                         session.drain(&mut batch, BATCH - 1);
                         for d in batch.drain(..) {
-                            self.out.push_back(Frame::text(wire::encode_delivery(&d)));
+                            let sent = d.message().sent_us().unwrap_or(0);
+                            self.out.push_back((Frame::text(wire::encode_delivery(&d)), sent));
                         }
                     }
                     None => return session_ended(session),
@@ -473,7 +456,7 @@ impl<'a> Connection<'a> {
                     if self.last_inbound.elapsed() >= c.idle_timeout {
                         return Ending::Close(1001, "idle timeout".into());
                     }
-                    self.out.push_back(Frame::Ping(Bytes::new()));
+                    self.queue(Frame::Ping(Bytes::new()));
                 }
                 // The engine ends every session at shutdown; this only wakes the loop so a
                 // session blocked on a stuck write notices.
@@ -483,12 +466,7 @@ impl<'a> Connection<'a> {
     }
 
     /// Handles one client text frame; `Some` if it ends the connection.
-    async fn on_text(
-        &mut self,
-        text: Bytes,
-        session: &mut Session,
-        rate: &mut RateLimit,
-    ) -> Option<Ending> {
+    async fn on_text(&mut self, text: Bytes, session: &mut Session) -> Option<Ending> {
         FrontStats::bump(&self.shared.stats.frames_in);
         let frame = match wire::decode_client_frame_shared(&text) {
             Ok(frame) => frame,
@@ -507,7 +485,7 @@ impl<'a> Connection<'a> {
                     self.reply_error_frame(wire::encode_error("invalid_ack", &e.to_string()));
                 }
             }
-            ClientFrame::Ping => self.out.push_back(Frame::text(wire::encode_pong())),
+            ClientFrame::Ping => self.queue(Frame::text(wire::encode_pong())),
             ClientFrame::Connect { .. } => self.reply_error_frame(wire::encode_error(
                 "already_connected",
                 "this connection already has a session",
@@ -515,21 +493,36 @@ impl<'a> Connection<'a> {
             ClientFrame::Publish(request) => {
                 let reply = if !self.shared.config.allow_client_publish {
                     refused(&request, "publish_not_allowed")
-                } else if !rate.allow() {
+                } else if !self.shared.user_rate.allow(session.user(), Instant::now()) {
                     FrontStats::bump(&self.shared.stats.rate_limited);
                     refused(&request, "rate_limited")
                 } else {
                     self.publish(request).await
                 };
-                self.out.push_back(Frame::text(reply));
+                self.queue(Frame::text(reply));
             }
         }
         None
     }
 
+    /// Queues a frame that is no delivery.
+    fn queue(&mut self, frame: Frame) {
+        self.out.push_back((frame, 0));
+    }
+
+    /// Records, for the deliveries just flushed, the time from their producer's call.
+    fn flushed(&mut self) {
+        if !self.written.is_empty() {
+            let now = self.shared.engine.now_us();
+            self.shared
+                .stats
+                .record_delivered(now, self.written.drain(..));
+        }
+    }
+
     fn reply_error_frame(&mut self, frame: String) {
         FrontStats::bump(&self.shared.stats.bad_frames);
-        self.out.push_back(Frame::text(frame));
+        self.queue(Frame::text(frame));
     }
 
     /// Publishes for the client; every publish is answered with a `publish_result` carrying
@@ -537,7 +530,7 @@ impl<'a> Connection<'a> {
     async fn publish(&self, request: wire::PublishRequest) -> String {
         let reference = request.reference.clone();
         let reference = reference.as_deref();
-        match publish_one(self.shared, request).await {
+        match publish_one(self.shared, request, None).await {
             Published::Outcome(outcome) => wire::encode_publish_result(reference, &outcome),
             Published::Invalid(e) => wire::encode_frame_error(&e),
             Published::BadInput(e) => wire::encode_invalid_input(&e, reference),
@@ -548,16 +541,21 @@ impl<'a> Connection<'a> {
 }
 
 /// Hands every queued frame to the socket and flushes. Cancel-safe: a frame leaves the
-/// queue only once the socket took it, and what the socket took stays buffered in order.
+/// queue only once the socket took it (its send stamp then goes to `written`), and what the
+/// socket took stays buffered in order.
 async fn pump(
     sink: &mut SplitSink<Socket, Frame>,
-    out: &mut VecDeque<Frame>,
+    out: &mut VecDeque<(Frame, u64)>,
+    written: &mut Vec<u64>,
     stats: &FrontStats,
 ) -> Result<(), WsError> {
     while !out.is_empty() {
         poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-        let frame = out.pop_front().expect("not empty");
+        let (frame, sent) = out.pop_front().expect("not empty");
         sink.start_send_unpin(frame)?;
+        if sent > 0 {
+            written.push(sent);
+        }
         FrontStats::bump(&stats.frames_out);
     }
     sink.flush().await

@@ -515,6 +515,11 @@ impl Worker {
         let mut taken = 0;
         while taken < BATCH {
             let Some(cmd) = self.inbox.pop() else { break };
+            if taken == 0 && self.rec.latency {
+                // The clock again, once per batch: the inbox wait ends now, not when the
+                // pass began (which may be before the command was even sent).
+                self.now_us = self.clock.now_us().max(self.now_us);
+            }
             // An ack or close issued before this command was sent is in the signal list now
             // (the pop synchronises with the push): apply it first, so a send after a close
             // queues instead of going to the closed session, and an ack before a reconnect
@@ -653,6 +658,9 @@ impl Worker {
                 message,
                 reply,
             } => {
+                if let (true, Some(sent)) = (self.rec.latency, message.sent_us()) {
+                    self.rec.inbox_wait.record(self.now_us.saturating_sub(sent));
+                }
                 let outcome = self.accept(&user, message);
                 if let Some(reply) = reply {
                     let _ = reply.send(outcome);

@@ -234,3 +234,33 @@ async fn json_export_is_an_object_with_the_counters() {
     assert!(json.contains("\"sent\":1"), "{json}");
     assert!(json.contains("\"p99_us\""), "{json}");
 }
+
+#[tokio::test]
+async fn delivery_latency_starts_at_the_producers_call_and_the_inbox_wait_is_its_own() {
+    let clock = Clock::manual();
+    let engine = Engine::builder()
+        .shards(1)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let away = user("away");
+    clock.advance(Duration::from_millis(5));
+    engine.send(&away, Message::new("m")).await.unwrap();
+    // However late the shard takes the send up, the latency counts from the call: 10 ms
+    // pass before the user connects and the message enters the window.
+    clock.advance(Duration::from_millis(10));
+    engine.barrier().await;
+    let mut s = engine.connect(&away, None).await.unwrap();
+    engine.barrier().await;
+    assert!(s.try_recv().is_ok());
+    let m = engine.metrics();
+    assert_eq!(m.enqueue_to_delivery.count, 1);
+    assert_eq!(m.enqueue_to_delivery.max_us, 10_000);
+    // The send waited in the inbox from its call until the shard took it up: within the
+    // 10 ms, depending on when the worker ran.
+    assert_eq!(m.inbox_wait.count, 1);
+    assert!(m.inbox_wait.max_us <= 10_000, "{:?}", m.inbox_wait);
+    assert!(m
+        .to_prometheus()
+        .contains("tether_inbox_wait_seconds_count 1"));
+}

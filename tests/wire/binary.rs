@@ -18,7 +18,7 @@ use tether::server::auth::JwtVerifier;
 const BIN: &str = env!("CARGO_BIN_EXE_tether");
 
 /// `tether` with `args` and no `TETHER_*` variable from the environment that runs the tests.
-fn tether(args: &[&str]) -> Command {
+pub(crate) fn tether(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
     for (name, _) in std::env::vars_os() {
@@ -30,7 +30,7 @@ fn tether(args: &[&str]) -> Command {
 }
 
 /// The lines a child writes to one of its pipes, as they come.
-fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+pub(crate) fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -43,7 +43,7 @@ fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String>
 }
 
 /// Reads `lines` until one satisfies `pick`; panics (with what it read) after [`GUARD`].
-fn wait_for<T>(
+pub(crate) fn wait_for<T>(
     lines: &mpsc::Receiver<String>,
     what: &str,
     mut pick: impl FnMut(&str) -> Option<T>,
@@ -65,7 +65,7 @@ fn wait_for<T>(
 }
 
 /// Waits for the child to exit, at most [`GUARD`]; kills it and panics otherwise.
-fn wait_exit(child: &mut Child) -> ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + GUARD;
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -80,7 +80,7 @@ fn wait_exit(child: &mut Child) -> ExitStatus {
 }
 
 /// Kills the child if the test fails before it exits on its own.
-struct Reap(Child);
+pub(crate) struct Reap(pub(crate) Child);
 
 impl Drop for Reap {
     fn drop(&mut self) {

@@ -61,6 +61,14 @@ settings! {
             shown "empty: any origin",
             check |v| origins(v);
 
+        /// PEM file with the server's certificate chain: with tls_key, the port serves
+        /// https:// and wss:// (TLS 1.2 and 1.3, rustls). Both files are read again on SIGHUP;
+        /// connections open at the time keep the certificate they began with.
+        tls_cert: Option<String> = None, Opt<Text>, value "PATH", shown "none: plain TCP";
+
+        /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1) of tls_cert.
+        tls_key: Option<String> = None, Opt<Text>, value "PATH", shown "none: plain TCP";
+
         /// Let WebSocket clients publish to other users.
         allow_client_publish: bool = false, Bool;
 
@@ -92,9 +100,31 @@ settings! {
         max_body_bytes: usize = DEFAULT_FRAME_BYTES, Size,
             follows max_frame_bytes, check buffer_size;
 
-        /// Most WebSocket connections at once; one more is closed with 4100 and
+        /// Most sockets open at once, HTTP, /echo and WebSocket alike; past it, an HTTP
+        /// request is answered 503 with Retry-After and a WebSocket is closed with 4100 and
         /// retry_after_ms.
         max_connections: usize = 10_000, Count, check positive;
+
+        /// Most sockets open at once from one IP address, answered past it as past
+        /// max_connections. Behind a reverse proxy every socket comes from the proxy's
+        /// address: raise it to max_connections there.
+        max_connections_per_ip: usize = 256, Count, check positive;
+
+        /// Time a client has to send a request's headers (and finish the TLS handshake);
+        /// then the connection is closed.
+        header_timeout: Duration = Duration::from_secs(5), Time, check at_least_1ms;
+
+        /// Time a client has to send a whole request body once the headers are in; then it
+        /// is answered 408.
+        body_timeout: Duration = Duration::from_secs(30), Time, check at_least_1ms;
+
+        /// After answering a request before reading all of its body (413, 401, 405, 429,
+        /// 503), bytes of it still read and discarded before closing, so that the client can
+        /// read the answer instead of a reset (1 byte to 1 GiB).
+        linger_bytes: usize = 64 << 20, Size, check buffer_size;
+
+        /// Longest that discarding may take.
+        linger_time: Duration = Duration::from_secs(10), Time, check at_least_1ms;
 
         /// Time a new connection has to send its connect frame; then it is closed with 4001.
         connect_timeout: Duration = Duration::from_secs(5), Time, check at_least_1ms;
@@ -115,12 +145,21 @@ settings! {
         /// is taken until they are written.
         write_timeout: Duration = Duration::from_secs(10), Time, check at_least_1ms;
 
-        /// Publishes per second one connection may make (token bucket refill); more are
-        /// refused with rate_limited.
+        /// Publishes per second one user may make over WebSocket, across all its
+        /// connections and reconnects (token bucket refill); more are refused with
+        /// rate_limited.
         publish_rate: u32 = 100, Count<u32>, check positive;
 
-        /// Publishes one connection may make in a burst (token bucket size).
+        /// Publishes one user may make in a burst (token bucket size).
         publish_burst: u32 = 200, Count<u32>, check positive;
+
+        /// Messages per second one API key may publish over HTTP (token bucket refill; a
+        /// batch takes one token per message); more are answered 429 with Retry-After.
+        http_publish_rate: u32 = 50_000, Count<u32>, check positive;
+
+        /// Messages one API key may publish over HTTP in a burst (token bucket size); a
+        /// larger batch is 413.
+        http_publish_burst: u32 = 100_000, Count<u32>, check positive;
 
         /// Longest a graceful shutdown (SIGINT, SIGTERM) may take: stop accepting, flush to
         /// connected sessions for half of it, close every WebSocket with 1001, wait for the

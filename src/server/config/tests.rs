@@ -142,6 +142,7 @@ fn every_setting_reads_from_every_source() {
         "overflow" => "reject",
         "dedup" => "off",
         "connect_timeout" | "idle_timeout" | "write_timeout" | "shutdown_timeout" => "3m",
+        "header_timeout" | "body_timeout" | "linger_time" => "3m",
         "ping_interval" => "5s",
         _ => "7",
     };

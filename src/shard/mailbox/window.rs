@@ -82,6 +82,8 @@ impl Mailbox {
         cx: &mut Ctx<'_>,
     ) {
         let live = self.live.as_mut().expect("deliver needs a live session");
+        // From the producer's call when the message was stamped (not an abort marker).
+        let since_us = message.sent_us().unwrap_or(since_us);
         self.counters.delivered += 1;
         cx.rec.counters.delivered += 1;
         cx.rec.gauges.in_flight += 1;
