@@ -7,22 +7,13 @@ use tether::client::{Client, Event, PublishOutcome};
 
 use crate::harness::{self, http, publish_ok, server, Raw, API_KEY, GUARD};
 
-/// Opens `/ws` and connects as `user`'s `device`, returning the `connected` frame.
 async fn connect_device(
     server: &tether::server::Server,
     user: &str,
     device: &str,
     resume: Option<(&str, u64)>,
 ) -> (Raw, Value) {
-    let mut raw = Raw::open(server).await;
-    let mut frame = json!({"type": "connect", "token": harness::token(user), "device": device});
-    if let Some((epoch, seq)) = resume {
-        frame["resume"] = json!({"epoch": epoch, "seq": seq});
-    }
-    raw.send(frame).await;
-    let connected = raw.next().await;
-    assert_eq!(connected["type"], "connected", "{connected}");
-    (raw, connected)
+    Raw::connect_device(server, user, Some(device), resume).await
 }
 
 fn text(n: u32) -> Value {

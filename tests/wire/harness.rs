@@ -261,8 +261,22 @@ impl Raw {
 
     /// Opens `/ws` and connects as `user`, returning the `connected` frame.
     pub async fn connect(server: &Server, user: &str, resume: Option<(&str, u64)>) -> (Raw, Value) {
+        Raw::connect_device(server, user, None, resume).await
+    }
+
+    /// Opens `/ws` and connects as `user`'s `device` (the default device for `None`),
+    /// returning the `connected` frame.
+    pub async fn connect_device(
+        server: &Server,
+        user: &str,
+        device: Option<&str>,
+        resume: Option<(&str, u64)>,
+    ) -> (Raw, Value) {
         let mut raw = Raw::open(server).await;
         let mut frame = json!({"type": "connect", "token": token(user)});
+        if let Some(device) = device {
+            frame["device"] = json!(device);
+        }
         if let Some((epoch, seq)) = resume {
             frame["resume"] = json!({"epoch": epoch, "seq": seq});
         }
